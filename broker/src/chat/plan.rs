@@ -1,0 +1,208 @@
+//! Planning one batch: each job is checked against the store (and against
+//! what earlier jobs of the same batch did), then its writes go into the
+//! shared `Batch` and its inbox appends into the delivery list.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parley_chat_logic::channel::Channel;
+use parley_chat_logic::command::{Command, SendCommand};
+use parley_chat_logic::group::{self, Directory, Group, GroupChange};
+use parley_chat_logic::limits::Limits;
+use parley_chat_logic::{send, ChatError};
+use parley_proto::v1::{envelope, Ack, ChatMessage};
+use parley_storage::{Batch, InboxEntry, Store};
+
+use super::engine::{encode_body, internal, now_ms, Delivery, JobResult, Sequences};
+
+/// The registered users, as the pure chat rules ask for them.
+pub struct StoreDirectory<'a>(pub &'a Store);
+
+impl Directory for StoreDirectory<'_> {
+    fn is_user(&self, id: &str) -> Result<bool, ChatError> {
+        self.0.user(id).map(|user| user.is_some()).map_err(internal)
+    }
+}
+
+type DedupKey = (String, String, String);
+
+/// One batch being planned.
+pub(super) struct BatchPlan<'a> {
+    store: &'a Store,
+    sequences: &'a mut Sequences,
+    limits: &'a Limits,
+    now_ms: i64,
+    /// Groups created, changed or deleted by earlier jobs of this batch.
+    groups: HashMap<String, Option<Group>>,
+    /// Messages accepted by earlier jobs of this batch, by idempotence key.
+    sent: HashMap<DedupKey, Ack>,
+    pub batch: Batch,
+    pub deliveries: Vec<Delivery>,
+}
+
+impl<'a> BatchPlan<'a> {
+    pub(super) fn new(store: &'a Store, sequences: &'a mut Sequences, limits: &'a Limits) -> Self {
+        BatchPlan {
+            store,
+            sequences,
+            limits,
+            now_ms: now_ms(),
+            groups: HashMap::new(),
+            sent: HashMap::new(),
+            batch: Batch::new(),
+            deliveries: Vec::new(),
+        }
+    }
+
+    /// Plans one job; on error nothing of it is in the batch.
+    pub(super) fn apply(&mut self, user: &str, command: &Command) -> JobResult {
+        match command {
+            Command::Send(send) => self.send(user, send),
+            Command::CreateGroup(create) => {
+                if self.group(&create.group_id)?.is_some() {
+                    return Err(ChatError::bad_request(format!(
+                        "group {} already exists",
+                        create.group_id
+                    )));
+                }
+                let change = group::create(user, create, self.limits, &StoreDirectory(self.store))?;
+                self.group_change(&create.group_id, change)
+            }
+            Command::ChangeMembers(change) => {
+                let current = self.existing_group(&change.group_id)?;
+                let change =
+                    group::change_members(user, &current, change, self.limits, &StoreDirectory(self.store))?;
+                self.group_change(&current.id, change)
+            }
+            Command::LeaveGroup(leave) => {
+                let current = self.existing_group(&leave.group_id)?;
+                let change = group::leave(user, &current)?;
+                self.group_change(&current.id, change)
+            }
+            other => Err(ChatError::bad_request(format!(
+                "{} is not a write request",
+                other.name()
+            ))),
+        }
+    }
+
+    fn send(&mut self, sender: &str, send: &SendCommand) -> JobResult {
+        let channel_id = send.channel.to_string();
+        if let Some(ack) = self.duplicate_of(sender, &channel_id, &send.client_msg_id)? {
+            return Ok(ack);
+        }
+        let group = match &send.channel {
+            Channel::Group(id) => self.group(id)?,
+            _ => None,
+        };
+        let recipients = send::recipients(sender, &send.channel, group.as_ref(), &StoreDirectory(self.store))?;
+        self.sequences.load(self.store, Some(&channel_id), &recipients)?;
+
+        let seq = self.sequences.next_channel_seq(&channel_id);
+        let message = ChatMessage {
+            channel: channel_id.clone(),
+            seq,
+            sender: sender.to_owned(),
+            text: send.text.clone(),
+            ts_ms: self.now_ms,
+            client_msg_id: send.client_msg_id.clone(),
+            system: false,
+        };
+        let ack = Ack {
+            channel: channel_id.clone(),
+            seq,
+            ts_ms: self.now_ms,
+            duplicate: false,
+        };
+        self.batch.put_message(&message);
+        if !send.client_msg_id.is_empty() {
+            self.batch
+                .put_dedup(sender, &channel_id, &send.client_msg_id, seq);
+            let key = (sender.to_owned(), channel_id.clone(), send.client_msg_id.clone());
+            self.sent.insert(key, ack.clone());
+        }
+        let body = encode_body(envelope::Body::Message(message));
+        let entry = InboxEntry::Message {
+            channel: channel_id,
+            seq,
+        };
+        self.append_to_inboxes(&recipients, &entry, &body);
+        Ok(ack)
+    }
+
+    /// The original Ack of an earlier send with the same idempotence key.
+    fn duplicate_of(
+        &self,
+        sender: &str,
+        channel: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<Ack>, ChatError> {
+        if client_msg_id.is_empty() {
+            return Ok(None);
+        }
+        let key = (sender.to_owned(), channel.to_owned(), client_msg_id.to_owned());
+        if let Some(ack) = self.sent.get(&key) {
+            return Ok(Some(Ack {
+                duplicate: true,
+                ..ack.clone()
+            }));
+        }
+        let Some(seq) = self
+            .store
+            .dedup(sender, channel, client_msg_id)
+            .map_err(internal)?
+        else {
+            return Ok(None);
+        };
+        let original = self.store.message(channel, seq).map_err(internal)?;
+        Ok(Some(Ack {
+            channel: channel.to_owned(),
+            seq,
+            ts_ms: original.map_or(0, |m| m.ts_ms),
+            duplicate: true,
+        }))
+    }
+
+    fn group(&self, id: &str) -> Result<Option<Group>, ChatError> {
+        match self.groups.get(id) {
+            Some(planned) => Ok(planned.clone()),
+            None => self.store.group(id).map_err(internal),
+        }
+    }
+
+    fn existing_group(&self, id: &str) -> Result<Group, ChatError> {
+        self.group(id)?
+            .ok_or_else(|| ChatError::not_found(format!("group {id} does not exist")))
+    }
+
+    fn group_change(&mut self, id: &str, change: GroupChange) -> JobResult {
+        self.sequences.load(self.store, None, &change.notify)?;
+        match &change.after {
+            Some(group) => self.batch.put_group(group),
+            None => self.batch.delete_group(id),
+        }
+        self.groups.insert(id.to_owned(), change.after.clone());
+        let event = envelope::Body::Group(change.event);
+        let body = encode_body(event.clone());
+        self.append_to_inboxes(&change.notify, &InboxEntry::Event(event), &body);
+        Ok(Ack {
+            channel: Channel::Group(id.to_owned()).to_string(),
+            seq: 0,
+            ts_ms: self.now_ms,
+            duplicate: false,
+        })
+    }
+
+    /// Appends one entry to each user's inbox (counters loaded beforehand).
+    fn append_to_inboxes(&mut self, users: &[String], entry: &InboxEntry, body: &Arc<bytes::Bytes>) {
+        for user in users {
+            let inbox_seq = self.sequences.next_inbox_seq(user);
+            self.batch.put_inbox(user, inbox_seq, entry);
+            self.deliveries.push(Delivery {
+                user: user.clone(),
+                inbox_seq,
+                body: body.clone(),
+            });
+        }
+    }
+}

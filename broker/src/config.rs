@@ -1,0 +1,566 @@
+//! The broker's configuration: one typed, flat struct built from four layers.
+//!
+//! Precedence, highest first: command-line flags, `PARLEY_*` environment
+//! variables, the config file, the built-in defaults. The defaults are
+//! `config/parley.toml`, embedded in the binary, which documents every key.
+//!
+//! Environment names: `PARLEY_` followed by the key in upper case, e.g.
+//! `mqtt_addr` <- `PARLEY_MQTT_ADDR`, `presence_timeout_secs` <-
+//! `PARLEY_PRESENCE_TIMEOUT_SECS`. Values are written as on a command line
+//! (`30`, `true`, `127.0.0.1:1883`, a path); for an optional key an empty
+//! value means "unset". `PARLEY_CONFIG` names the config file (read by the
+//! `parley` binary, not a key). Other `PARLEY_*` variables are not keys: they
+//! are ignored here and reported by [`unknown_env_vars`] so the binary can warn.
+//!
+//! Every layer is checked key by key before the layers are merged, so an
+//! error always names the key and where its value came from.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The built-in defaults: `config/parley.toml`, embedded.
+pub const DEFAULTS_TOML: &str = include_str!("../../config/parley.toml");
+/// Prefix of the environment variables that override keys.
+pub const ENV_PREFIX: &str = "PARLEY_";
+/// Environment variable naming the config file (not a key).
+pub const CONFIG_FILE_ENV: &str = "PARLEY_CONFIG";
+/// The highest `max_group_members` a deployment may configure.
+pub const MAX_GROUP_MEMBERS_LIMIT: usize = 500;
+/// The smallest `max_packet_size`: a 100,000-character text is up to 400,000
+/// bytes of UTF-8, plus the request around it.
+pub const MIN_PACKET_SIZE: usize = 524_288;
+/// The largest packet MQTT can frame (remaining length 268,435,455 + header).
+pub const MAX_PACKET_SIZE_LIMIT: usize = 268_435_460;
+
+/// The broker's configuration. See `config/parley.toml` for each key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Directory of the RocksDB store.
+    pub data_dir: PathBuf,
+    /// MQTT over TCP.
+    pub mqtt_addr: SocketAddr,
+    /// MQTT over WebSocket (path `/mqtt`, subprotocol `mqtt`).
+    pub ws_addr: SocketAddr,
+    /// HTTP API.
+    pub http_addr: SocketAddr,
+    /// MQTT over TLS: accepted and validated, unused until the TLS issue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_addr: Option<SocketAddr>,
+    /// PEM certificate chain for `tls_addr` (unused until the TLS issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_addr` (unused until the TLS issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds a new connection has to send CONNECT.
+    pub connect_timeout_secs: u64,
+    /// Most connections served at once, all listeners together.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes.
+    pub max_packet_size: usize,
+    /// QoS 1 in-flight window per device when the client sets none.
+    pub inflight_window: u16,
+    /// Most members of one group (at most [`MAX_GROUP_MEMBERS_LIMIT`]).
+    pub max_group_members: usize,
+    /// Seconds of silence after which a device is offline.
+    pub presence_timeout_secs: u64,
+    /// Push gateway URL (unused until the push issue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_gateway: Option<String>,
+    /// Whether CONNECT may use the account password instead of a token.
+    pub allow_password_login: bool,
+    /// Most requests per group commit.
+    pub commit_batch_max: usize,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
+    pub log: String,
+}
+
+/// A configuration that cannot be loaded; every variant names the key (or
+/// the file) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin} is not valid TOML: {message}")]
+    Syntax { origin: String, message: String },
+    #[error("unknown config key `{key}` in {origin} (known keys: {})", key_names())]
+    UnknownKey { key: String, origin: String },
+    #[error("invalid value for config key `{key}` from {origin}: {message}")]
+    InvalidValue {
+        key: String,
+        origin: String,
+        message: String,
+    },
+    #[error("invalid config key `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl ConfigError {
+    /// The key at fault, if the error is about one key.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::UnknownKey { key, .. } | Self::InvalidValue { key, .. } => Some(key),
+            Self::Invalid { key, .. } => Some(key),
+            Self::Read { .. } | Self::Syntax { .. } => None,
+        }
+    }
+}
+
+/// The TOML type a key takes (its range is checked by [`Config::validate`]).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Text,
+    Addr,
+    Int { max: u64 },
+    Bool,
+}
+
+struct Key {
+    name: &'static str,
+    kind: Kind,
+    optional: bool,
+}
+
+const fn key(name: &'static str, kind: Kind) -> Key {
+    Key { name, kind, optional: false }
+}
+
+const fn optional(name: &'static str, kind: Kind) -> Key {
+    Key { name, kind, optional: true }
+}
+
+const U16: Kind = Kind::Int { max: u16::MAX as u64 };
+const U32: Kind = Kind::Int { max: u32::MAX as u64 };
+
+/// Every key of [`Config`] (a unit test keeps the two in step).
+const KEYS: &[Key] = &[
+    key("data_dir", Kind::Text),
+    key("mqtt_addr", Kind::Addr),
+    key("ws_addr", Kind::Addr),
+    key("http_addr", Kind::Addr),
+    optional("tls_addr", Kind::Addr),
+    optional("tls_cert", Kind::Text),
+    optional("tls_key", Kind::Text),
+    key("connect_timeout_secs", U32),
+    key("max_connections", U32),
+    key("max_packet_size", U32),
+    key("inflight_window", U16),
+    key("max_group_members", U32),
+    key("presence_timeout_secs", U32),
+    optional("push_gateway", Kind::Text),
+    key("allow_password_login", Kind::Bool),
+    key("commit_batch_max", U32),
+    key("log", Kind::Text),
+];
+
+fn key_names() -> String {
+    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+}
+
+fn find_key(name: &str) -> Option<&'static Key> {
+    KEYS.iter().find(|k| k.name == name)
+}
+
+/// The environment variable that overrides `key`: `PARLEY_` + upper case.
+pub fn env_var_name(key: &str) -> String {
+    format!("{ENV_PREFIX}{}", key.to_ascii_uppercase())
+}
+
+/// `PARLEY_*` variables in `env` that override no key (and are not
+/// `PARLEY_CONFIG`), sorted: probably typos, worth a warning.
+pub fn unknown_env_vars(env: &HashMap<String, String>) -> Vec<String> {
+    let mut unknown: Vec<String> = env
+        .keys()
+        .filter(|name| name.starts_with(ENV_PREFIX) && name.as_str() != CONFIG_FILE_ENV)
+        .filter(|name| !KEYS.iter().any(|k| env_var_name(k.name) == **name))
+        .cloned()
+        .collect();
+    unknown.sort();
+    unknown
+}
+
+impl Config {
+    /// Builds the configuration from its layers and validates it.
+    ///
+    /// `file`: the config file, if any. `env`: the process environment (only
+    /// `PARLEY_*` entries are read). `flags`: `(key, value)` pairs from the
+    /// command line, values written as in the environment.
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+        flags: &[(&str, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table = parse_layer(DEFAULTS_TOML, "the built-in defaults")?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let origin = format!("config file {}", path.display());
+            merge(&mut table, parse_layer(&text, &origin)?);
+        }
+        for k in KEYS {
+            let name = env_var_name(k.name);
+            if let Some(raw) = env.get(&name) {
+                let origin = format!("environment variable {name}");
+                set_from_str(&mut table, k, raw, &origin)?;
+            }
+        }
+        let origin = "the command line";
+        for (name, raw) in flags {
+            let k = find_key(name).ok_or_else(|| ConfigError::UnknownKey {
+                key: (*name).to_owned(),
+                origin: origin.to_owned(),
+            })?;
+            set_from_str(&mut table, k, raw, origin)?;
+        }
+        let config: Config = Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+            ConfigError::Syntax { origin: "the merged configuration".to_owned(), message: e.to_string() }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The built-in defaults (`config/parley.toml`), ignoring the environment.
+    pub fn defaults() -> Config {
+        Self::load(None, &HashMap::new(), &[])
+            .expect("the embedded config/parley.toml is valid (checked by unit tests)")
+    }
+
+    /// The defaults with every listener on `127.0.0.1:0` and the given data dir.
+    pub fn for_tests(data_dir: PathBuf) -> Config {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            data_dir,
+            mqtt_addr: any_port,
+            ws_addr: any_port,
+            http_addr: any_port,
+            tls_addr: None,
+            ..Self::defaults()
+        }
+    }
+
+    /// Checks ranges and cross-key rules; the error names the bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        if self.data_dir.as_os_str().is_empty() {
+            return invalid("data_dir", "must not be empty");
+        }
+        for (key, value) in [
+            ("connect_timeout_secs", self.connect_timeout_secs as usize),
+            ("max_connections", self.max_connections),
+            ("inflight_window", usize::from(self.inflight_window)),
+            ("max_group_members", self.max_group_members),
+            ("presence_timeout_secs", self.presence_timeout_secs as usize),
+            ("commit_batch_max", self.commit_batch_max),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.max_group_members > MAX_GROUP_MEMBERS_LIMIT {
+            return invalid("max_group_members", &format!("must be at most {MAX_GROUP_MEMBERS_LIMIT}"));
+        }
+        if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE_LIMIT).contains(&self.max_packet_size) {
+            let message = format!(
+                "must be between {MIN_PACKET_SIZE} (room for a 100,000-character text) and {MAX_PACKET_SIZE_LIMIT}"
+            );
+            return invalid("max_packet_size", &message);
+        }
+        self.validate_listeners()?;
+        if let Some(url) = &self.push_gateway {
+            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(str::is_empty) {
+                return invalid("push_gateway", "must be an http:// or https:// URL");
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return invalid("log", &format!("is not a valid log filter: {e}"));
+        }
+        Ok(())
+    }
+
+    fn validate_listeners(&self) -> Result<(), ConfigError> {
+        if self.tls_addr.is_some() {
+            for (key, value) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
+                if value.is_none() {
+                    let message = "must be set when tls_addr is set".to_owned();
+                    return Err(ConfigError::Invalid { key, message });
+                }
+            }
+        }
+        let mut listeners = vec![
+            ("mqtt_addr", self.mqtt_addr),
+            ("ws_addr", self.ws_addr),
+            ("http_addr", self.http_addr),
+        ];
+        listeners.extend(self.tls_addr.map(|addr| ("tls_addr", addr)));
+        for (i, (key, addr)) in listeners.iter().enumerate() {
+            let clash = listeners[..i].iter().find(|(_, other)| addr.port() != 0 && other == addr);
+            if let Some((other_key, _)) = clash {
+                let message = format!("is the same address as {other_key} ({addr})");
+                return Err(ConfigError::Invalid { key, message });
+            }
+        }
+        Ok(())
+    }
+
+    /// `connect_timeout_secs` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// `presence_timeout_secs` as a duration.
+    pub fn presence_timeout(&self) -> Duration {
+        Duration::from_secs(self.presence_timeout_secs)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::defaults()
+    }
+}
+
+/// Parses one TOML layer and checks each key and value.
+fn parse_layer(text: &str, origin: &str) -> Result<Table, ConfigError> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        origin: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    for (name, value) in &table {
+        let k = find_key(name).ok_or_else(|| ConfigError::UnknownKey {
+            key: name.clone(),
+            origin: origin.to_owned(),
+        })?;
+        check_value(k, value, origin)?;
+    }
+    Ok(table)
+}
+
+fn merge(base: &mut Table, layer: Table) {
+    for (name, value) in layer {
+        base.insert(name, value);
+    }
+}
+
+/// Sets `k` from a string (environment or flag): converted to the key's TOML
+/// type and checked; an empty value unsets an optional key.
+fn set_from_str(table: &mut Table, k: &Key, raw: &str, origin: &str) -> Result<(), ConfigError> {
+    if k.optional && raw.is_empty() {
+        table.remove(k.name);
+        return Ok(());
+    }
+    let bad = |message: String| ConfigError::InvalidValue {
+        key: k.name.to_owned(),
+        origin: origin.to_owned(),
+        message,
+    };
+    let value = match k.kind {
+        Kind::Text | Kind::Addr => Value::String(raw.to_owned()),
+        Kind::Int { .. } => {
+            let n = raw.trim().parse::<i64>().map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?;
+            Value::Integer(n)
+        }
+        Kind::Bool => match raw.trim() {
+            "true" => Value::Boolean(true),
+            "false" => Value::Boolean(false),
+            _ => return Err(bad(format!("expected true or false, got {raw:?}"))),
+        },
+    };
+    check_value(k, &value, origin)?;
+    table.insert(k.name.to_owned(), value);
+    Ok(())
+}
+
+/// Checks that `value` has the type (and, for integers, the range of the
+/// Rust type) of key `k`.
+fn check_value(k: &Key, value: &Value, origin: &str) -> Result<(), ConfigError> {
+    let message = match (k.kind, value) {
+        (Kind::Text, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => return Ok(()),
+        (Kind::Addr, Value::String(s)) => match s.parse::<SocketAddr>() {
+            Ok(_) => return Ok(()),
+            Err(_) => format!("expected HOST:PORT with an IP address (e.g. 127.0.0.1:1883), got {s:?}"),
+        },
+        (Kind::Int { max }, Value::Integer(n)) => match u64::try_from(*n) {
+            Ok(n) if n <= max => return Ok(()),
+            _ => format!("expected a whole number from 0 to {max}, got {n}"),
+        },
+        (Kind::Text | Kind::Addr, other) => format!("expected a string, got {}", other.type_str()),
+        (Kind::Int { .. }, other) => format!("expected a whole number, got {}", other.type_str()),
+        (Kind::Bool, other) => format!("expected true or false, got {}", other.type_str()),
+    };
+    Err(ConfigError::InvalidValue {
+        key: k.name.to_owned(),
+        origin: origin.to_owned(),
+        message,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn write_file(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::defaults();
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.mqtt_addr, "0.0.0.0:1883".parse().unwrap());
+        assert_eq!(c.ws_addr, "0.0.0.0:8083".parse().unwrap());
+        assert_eq!(c.http_addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!((c.tls_addr, c.tls_cert.clone(), c.tls_key.clone()), (None, None, None));
+        assert_eq!(c.connect_timeout(), Duration::from_secs(10));
+        assert_eq!(c.max_connections, 100_000);
+        assert_eq!(c.max_packet_size, 1_048_576);
+        assert_eq!(c.inflight_window, 32);
+        assert_eq!(c.max_group_members, 100);
+        assert_eq!(c.presence_timeout(), Duration::from_secs(30));
+        assert_eq!(c.push_gateway, None);
+        assert!(c.allow_password_login);
+        assert_eq!(c.commit_batch_max, 512);
+        assert_eq!(c.log, "info");
+    }
+
+    #[test]
+    fn every_key_is_documented_and_matches_the_struct() {
+        for k in KEYS {
+            let documented = DEFAULTS_TOML
+                .lines()
+                .any(|l| l.trim_start_matches(['#', ' ']).starts_with(&format!("{} = ", k.name)));
+            assert!(documented, "{} missing from config/parley.toml", k.name);
+        }
+        let mut full = Config::defaults();
+        full.tls_addr = Some("127.0.0.1:8883".parse().unwrap());
+        full.tls_cert = Some("c.pem".into());
+        full.tls_key = Some("k.pem".into());
+        full.push_gateway = Some("http://x".into());
+        let table = Table::try_from(&full).unwrap();
+        let fields: Vec<&str> = table.keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
+        let mut fields_sorted = fields.clone();
+        fields_sorted.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(fields_sorted, keys);
+    }
+
+    #[test]
+    fn file_overrides_defaults() {
+        let file = write_file("mqtt_addr = \"127.0.0.1:1999\"\nmax_group_members = 200\n");
+        let c = Config::load(Some(file.path()), &HashMap::new(), &[]).unwrap();
+        assert_eq!(c.mqtt_addr, "127.0.0.1:1999".parse().unwrap());
+        assert_eq!(c.max_group_members, 200);
+        assert_eq!(c.ws_addr, Config::defaults().ws_addr);
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = write_file("mqtt_addr = \"127.0.0.1:1999\"\npush_gateway = \"http://gw\"\n");
+        let vars = env(&[
+            ("PARLEY_MQTT_ADDR", "127.0.0.1:2000"),
+            ("PARLEY_ALLOW_PASSWORD_LOGIN", "false"),
+            ("PARLEY_PRESENCE_TIMEOUT_SECS", "45"),
+            ("PARLEY_PUSH_GATEWAY", ""),
+            ("PARLEY_DATA_DIR", "/var/lib/parley"),
+            ("OTHER", "ignored"),
+        ]);
+        let c = Config::load(Some(file.path()), &vars, &[]).unwrap();
+        assert_eq!(c.mqtt_addr, "127.0.0.1:2000".parse().unwrap());
+        assert!(!c.allow_password_login);
+        assert_eq!(c.presence_timeout_secs, 45);
+        assert_eq!(c.push_gateway, None, "an empty value unsets an optional key");
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/parley"));
+    }
+
+    #[test]
+    fn flags_override_env() {
+        let vars = env(&[("PARLEY_MQTT_ADDR", "127.0.0.1:2000"), ("PARLEY_HTTP_ADDR", "127.0.0.1:2001")]);
+        let flags = [("mqtt_addr", "127.0.0.1:3000".to_owned()), ("push_gateway", "https://gw/x".to_owned())];
+        let c = Config::load(None, &vars, &flags).unwrap();
+        assert_eq!(c.mqtt_addr, "127.0.0.1:3000".parse().unwrap());
+        assert_eq!(c.http_addr, "127.0.0.1:2001".parse().unwrap());
+        assert_eq!(c.push_gateway.as_deref(), Some("https://gw/x"));
+    }
+
+    #[test]
+    fn unknown_key_is_rejected_with_its_name() {
+        let file = write_file("mqtt_adr = \"127.0.0.1:1\"\n");
+        let err = Config::load(Some(file.path()), &HashMap::new(), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+        assert_eq!(err.key(), Some("mqtt_adr"));
+        assert!(err.to_string().contains("`mqtt_adr`"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases: Vec<(Option<&str>, HashMap<String, String>, &str)> = vec![
+            (Some("max_connections = \"lots\"\n"), HashMap::new(), "max_connections"),
+            (Some("mqtt_addr = \"localhost\"\n"), HashMap::new(), "mqtt_addr"),
+            (Some("inflight_window = 70000\n"), HashMap::new(), "inflight_window"),
+            (None, env(&[("PARLEY_CONNECT_TIMEOUT_SECS", "-1")]), "connect_timeout_secs"),
+            (None, env(&[("PARLEY_ALLOW_PASSWORD_LOGIN", "yes")]), "allow_password_login"),
+            (None, env(&[("PARLEY_MAX_GROUP_MEMBERS", "501")]), "max_group_members"),
+            (None, env(&[("PARLEY_MAX_PACKET_SIZE", "1000")]), "max_packet_size"),
+            (None, env(&[("PARLEY_INFLIGHT_WINDOW", "0")]), "inflight_window"),
+            (None, env(&[("PARLEY_PUSH_GATEWAY", "ftp://x")]), "push_gateway"),
+            (None, env(&[("PARLEY_TLS_ADDR", "0.0.0.0:8883")]), "tls_cert"),
+            (None, env(&[("PARLEY_WS_ADDR", "0.0.0.0:1883")]), "ws_addr"),
+            (None, env(&[("PARLEY_LOG", "info,=[")]), "log"),
+        ];
+        for (text, vars, key) in cases {
+            let file = text.map(write_file);
+            let err = Config::load(file.as_ref().map(|f| f.path()), &vars, &[]).unwrap_err();
+            assert_eq!(err.key(), Some(key), "{err}");
+            assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_the_file() {
+        let file = write_file("mqtt_addr = \n");
+        let err = Config::load(Some(file.path()), &HashMap::new(), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
+        assert!(err.to_string().contains(&file.path().display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/parley.toml")), &HashMap::new(), &[]).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn unknown_env_vars_are_reported() {
+        let vars = env(&[("PARLEY_MQTT_ADDR", "127.0.0.1:1"), ("PARLEY_MQTT_ADR", "x"), ("PARLEY_CONFIG", "f")]);
+        assert_eq!(unknown_env_vars(&vars), vec!["PARLEY_MQTT_ADR".to_owned()]);
+        assert_eq!(env_var_name("mqtt_addr"), "PARLEY_MQTT_ADDR");
+    }
+
+    #[test]
+    fn for_tests_binds_loopback_port_zero() {
+        let c = Config::for_tests(PathBuf::from("/tmp/x"));
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        assert_eq!((c.mqtt_addr, c.ws_addr, c.http_addr), (any, any, any));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        c.validate().unwrap();
+    }
+}

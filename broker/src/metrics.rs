@@ -1,0 +1,165 @@
+//! Metrics: the Prometheus recorder, the metric names, and one small helper
+//! per thing the broker counts, so call sites read as what happened
+//! (`metrics::connection_opened()`) and names live in one place.
+//!
+//! The recorder is process-global (the `metrics` crate's design): [`install`]
+//! sets it up once and hands every later caller the same handle, so tests may
+//! start several brokers in one process. `GET /metrics` renders the handle.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Connections open now (gauge).
+pub const CONNECTIONS: &str = "parley_connections";
+/// Connections accepted since start (counter).
+pub const CONNECTIONS_TOTAL: &str = "parley_connections_total";
+/// MQTT PUBLISH packets received from clients (counter).
+pub const MESSAGES_IN_TOTAL: &str = "parley_messages_in_total";
+/// MQTT PUBLISH packets sent to clients (counter).
+pub const MESSAGES_OUT_TOTAL: &str = "parley_messages_out_total";
+/// Inbox envelopes handed to connected devices by the router (counter).
+pub const FANOUT_DELIVERIES_TOTAL: &str = "parley_fanout_deliveries_total";
+/// Duration of one synced RocksDB commit (histogram, seconds).
+pub const STORE_COMMIT_SECONDS: &str = "parley_store_commit_seconds";
+/// Requests per group commit (histogram).
+pub const STORE_BATCH_SIZE: &str = "parley_store_batch_size";
+/// Error replies sent, label `code` (counter).
+pub const ERRORS_TOTAL: &str = "parley_errors_total";
+/// Client publishes dropped, label `reason` (counter).
+pub const PUBLISHES_DROPPED_TOTAL: &str = "parley_publishes_dropped_total";
+
+const COMMIT_SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0];
+const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder the first time and returns its handle
+/// (the same one on every later call).
+///
+/// If another recorder was already installed in this process (only possible
+/// in tests that install their own), the handle renders a recorder of our own
+/// that receives nothing, and a warning is logged.
+pub fn install() -> PrometheusHandle {
+    HANDLE.get_or_init(install_once).clone()
+}
+
+fn install_once() -> PrometheusHandle {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(STORE_COMMIT_SECONDS.to_owned()), COMMIT_SECONDS_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.to_owned()), BATCH_SIZE_BUCKETS));
+    let builder = match builder {
+        Ok(builder) => builder,
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics buckets rejected, using summaries");
+            PrometheusBuilder::new()
+        }
+    };
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "a metrics recorder is already installed, /metrics will be empty");
+        return handle;
+    }
+    describe();
+    gauge!(CONNECTIONS).set(0.0);
+    handle
+}
+
+fn describe() {
+    describe_gauge!(CONNECTIONS, "connections open now");
+    describe_counter!(CONNECTIONS_TOTAL, "connections accepted since start");
+    describe_counter!(MESSAGES_IN_TOTAL, "MQTT PUBLISH packets received from clients");
+    describe_counter!(MESSAGES_OUT_TOTAL, "MQTT PUBLISH packets sent to clients");
+    describe_counter!(FANOUT_DELIVERIES_TOTAL, "inbox envelopes handed to connected devices");
+    describe_histogram!(STORE_COMMIT_SECONDS, Unit::Seconds, "duration of one synced RocksDB commit");
+    describe_histogram!(STORE_BATCH_SIZE, Unit::Count, "requests per group commit");
+    describe_counter!(ERRORS_TOTAL, "error replies sent, by error code");
+    describe_counter!(PUBLISHES_DROPPED_TOTAL, "client publishes dropped, by reason");
+}
+
+/// Renders every metric in the Prometheus text format, after the upkeep the
+/// exporter needs (it is cheap, and scraping is rare).
+pub fn render(handle: &PrometheusHandle) -> String {
+    handle.run_upkeep();
+    handle.render()
+}
+
+/// A connection was accepted (any listener).
+pub fn connection_opened() {
+    gauge!(CONNECTIONS).increment(1.0);
+    counter!(CONNECTIONS_TOTAL).increment(1);
+}
+
+/// A connection ended, whatever the reason.
+pub fn connection_closed() {
+    gauge!(CONNECTIONS).decrement(1.0);
+}
+
+/// A PUBLISH arrived from a client.
+pub fn message_in() {
+    counter!(MESSAGES_IN_TOTAL).increment(1);
+}
+
+/// `n` PUBLISH packets were written to clients.
+pub fn messages_out(n: u64) {
+    counter!(MESSAGES_OUT_TOTAL).increment(n);
+}
+
+/// The router handed `n` envelopes to connected devices.
+pub fn fanout_deliveries(n: u64) {
+    counter!(FANOUT_DELIVERIES_TOTAL).increment(n);
+}
+
+/// One group commit of `batch_size` requests took `elapsed`.
+pub fn store_commit(elapsed: Duration, batch_size: usize) {
+    histogram!(STORE_COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    histogram!(STORE_BATCH_SIZE).record(batch_size as f64);
+}
+
+/// An error reply with this code (e.g. `"NOT_MEMBER"`, the `ErrorCode` name).
+pub fn error(code: &'static str) {
+    counter!(ERRORS_TOTAL, "code" => code).increment(1);
+}
+
+/// A client publish was dropped (e.g. `"forbidden_topic"`, `"qos2"`).
+pub fn publish_dropped(reason: &'static str) {
+    counter!(PUBLISHES_DROPPED_TOTAL, "reason" => reason).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn install_is_idempotent_and_renders_helpers() {
+        let first = install();
+        let second = install();
+        connection_opened();
+        message_in();
+        messages_out(2);
+        fanout_deliveries(3);
+        store_commit(Duration::from_millis(3), 7);
+        error("NOT_MEMBER");
+        publish_dropped("forbidden_topic");
+        connection_closed();
+        let text = render(&second);
+        for name in [
+            CONNECTIONS,
+            CONNECTIONS_TOTAL,
+            MESSAGES_IN_TOTAL,
+            MESSAGES_OUT_TOTAL,
+            FANOUT_DELIVERIES_TOTAL,
+            STORE_COMMIT_SECONDS,
+            STORE_BATCH_SIZE,
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+        assert!(text.contains("parley_errors_total{code=\"NOT_MEMBER\"}"), "{text}");
+        assert!(text.contains("parley_publishes_dropped_total{reason=\"forbidden_topic\"}"), "{text}");
+        assert!(text.contains("parley_store_commit_seconds_bucket"), "histogram buckets:\n{text}");
+        assert!(render(&first).contains(CONNECTIONS_TOTAL), "both handles render one recorder");
+    }
+}

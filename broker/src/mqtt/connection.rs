@@ -1,0 +1,595 @@
+//! The per-connection task: accept -> CONNECT -> session -> packet loop.
+//!
+//! One task per device, `select!`ing between the socket, its live queue
+//! from the router, its pending requests (replies in request order), a
+//! read-ahead from the store, the keep-alive deadline and shutdown. Every
+//! source is bounded: at most [`MAX_PENDING_REQUESTS`] requests are in
+//! progress (then the socket is not read: back-pressure), live envelopes
+//! and in-flight publishes are bounded by the [`Outbox`].
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use parley_chat_logic::acl::{self, PublishTopic};
+use parley_proto::topics;
+use parley_proto::v1::Reply;
+use parley_storage::StorageError;
+use prost::Message;
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp,
+    PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode,
+    UnsubAck, UnsubAckReason, Unsubscribe,
+};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::codec::{self, Codec, FrameError, Level};
+use super::connect::{self, Refusal};
+use super::outbox::{Outbox, Stream};
+use super::session::{self, SessionStart};
+use super::transport::Transport;
+use super::Shared;
+use crate::chat::encode_reply;
+use crate::chat::engine::now_ms;
+use crate::metrics as m;
+use crate::router::DeviceLink;
+
+/// Requests of one device in progress at once.
+pub const MAX_PENDING_REQUESTS: usize = 64;
+/// How long a write may block before the device is considered gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often at most a durable session's acked cursor is written.
+const CURSOR_FLUSH: Duration = Duration::from_millis(100);
+
+/// Serves one accepted connection until it ends.
+pub async fn serve(mut io: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut buf = BytesMut::with_capacity(4096);
+    let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
+    let packet = match connect::read_connect(&mut io, &mut buf, timeout, shared.config.max_packet_size).await {
+        Ok(packet) => packet,
+        Err(refusal) => return refuse(io, peer, refusal).await,
+    };
+    let client = match connect::authenticate(&shared, &packet).await {
+        Ok(client) => client,
+        Err(refusal) => return refuse(io, peer, refusal).await,
+    };
+    let span = tracing::info_span!("conn", user = %client.user, device = %client.device, %peer);
+    async move {
+        let Some(mut connection) = Connection::establish(io, buf, packet, client, shared, peer).await else {
+            return;
+        };
+        let close = connection.run(&shutdown).await;
+        connection.finish(close).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn refuse(mut io: Transport, peer: SocketAddr, refusal: Refusal) {
+    match refusal {
+        Refusal::Silent(why) => tracing::info!(%peer, %why, "connection dropped before CONNECT"),
+        Refusal::Connack(codec, code, why) => {
+            tracing::info!(%peer, %why, ?code, "connect refused");
+            m::connect_refused();
+            let mut out = BytesMut::new();
+            if codec.write(connect::refusal(code), &mut out).is_ok() {
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, io.write_all(&out)).await;
+            }
+        }
+    }
+    io.close().await;
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Close {
+    Shutdown,
+    TakenOver,
+    PeerClosed,
+    Disconnect,
+    KeepAliveTimeout,
+    Malformed(String),
+    Protocol(String),
+    Io(String),
+    Store(String),
+}
+
+/// How to acknowledge a request publish once its reply is out.
+#[derive(Debug, Clone, Copy)]
+enum RequestAck {
+    None,
+    PubAck(u16),
+    PubRec(u16),
+}
+
+struct Done {
+    reply: Reply,
+    ack: RequestAck,
+}
+
+type RequestFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+type Fetched = Result<Vec<(u64, Bytes)>, StorageError>;
+
+struct Connection {
+    io: Transport,
+    codec: Codec,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    user: String,
+    device: String,
+    inbox_topic: String,
+    reply_topic: String,
+    shared: Arc<Shared>,
+    link: DeviceLink,
+    outbox: Outbox,
+    subscriptions: Vec<(String, u8)>,
+    durable: Option<u32>,
+    requests: FuturesOrdered<RequestFuture>,
+    fetch: Option<JoinHandle<Fetched>>,
+    keep_alive: Option<Duration>,
+    deadline: Option<Instant>,
+    cursor_flush_at: Option<Instant>,
+    persisted_cursor: u64,
+}
+
+impl Connection {
+    /// Registers the device, opens its session and sends the CONNACK.
+    async fn establish(
+        mut io: Transport,
+        rbuf: BytesMut,
+        packet: connect::ConnectPacket,
+        client: parley_chat_logic::ids::ClientId,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+    ) -> Option<Connection> {
+        // Register first: envelopes committed from now on reach the live
+        // queue, and the session below reads everything before them.
+        let link = shared.router.register(&client.user, &client.device);
+        let request = connect::session_request(&packet);
+        let start = match open_session(&shared, &client.user, &client.device, request).await {
+            Ok(start) => start,
+            Err(error) => {
+                tracing::error!(%error, "cannot open the session");
+                shared.router.unregister(&client.user, &client.device, link.conn_id);
+                let code = rumqttd::protocol::ConnectReturnCode::ServiceUnavailable;
+                refuse(io, peer, Refusal::Connack(packet.codec, code, error)).await;
+                return None;
+            }
+        };
+        let window = connect::window(&packet, usize::from(shared.config.inflight_window));
+        let mut outbox = Outbox::new(window, start.cursor);
+        outbox.observe_head(start.inbox_head);
+        let keep_alive = (packet.connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(packet.connect.keep_alive) * 1500));
+        let mut wbuf = BytesMut::with_capacity(4096);
+        let connack = connect::connack(
+            packet.codec,
+            start.present,
+            shared.config.max_packet_size,
+            MAX_PENDING_REQUESTS as u16,
+        );
+        if packet.codec.write(connack, &mut wbuf).is_err() {
+            return None;
+        }
+        if io.write_all(&wbuf).await.is_err() {
+            shared.router.unregister(&client.user, &client.device, link.conn_id);
+            return None;
+        }
+        wbuf.clear();
+        m::connection_opened();
+        tracing::info!(session_present = start.present, durable = start.durable.is_some(), cursor = start.cursor, "connected");
+        let mut connection = Connection {
+            io,
+            codec: packet.codec,
+            rbuf,
+            wbuf,
+            inbox_topic: topics::inbox(&client.user),
+            reply_topic: topics::reply(&client.user, &client.device),
+            user: client.user,
+            device: client.device,
+            shared,
+            link,
+            outbox,
+            subscriptions: start.subscriptions,
+            durable: start.durable,
+            requests: FuturesOrdered::new(),
+            fetch: None,
+            keep_alive,
+            deadline: None,
+            cursor_flush_at: None,
+            persisted_cursor: start.cursor,
+        };
+        connection.apply_subscriptions();
+        connection.touch();
+        Some(connection)
+    }
+
+    async fn run(&mut self, shutdown: &CancellationToken) -> Close {
+        loop {
+            if self.requests.len() < MAX_PENDING_REQUESTS && !self.rbuf.is_empty() {
+                if let Some(close) = self.handle_buffered().await {
+                    return close;
+                }
+            }
+            if let Err(close) = self.pump_and_flush().await {
+                return close;
+            }
+            let reading = self.requests.len() < MAX_PENDING_REQUESTS;
+            tokio::select! {
+                _ = shutdown.cancelled() => return Close::Shutdown,
+                _ = self.link.taken_over.cancelled() => return Close::TakenOver,
+                read = self.io.read_into(&mut self.rbuf), if reading => match read {
+                    Ok(0) => return Close::PeerClosed,
+                    Ok(_) => {}
+                    Err(error) => return Close::Io(error.to_string()),
+                },
+                Some(live) = self.link.live.recv() => self.outbox.push_live(live),
+                Some(done) = self.requests.next(), if !self.requests.is_empty() => self.finish_request(done),
+                fetched = wait_for(self.fetch.as_mut()) => {
+                    self.fetch = None;
+                    if let Err(close) = self.on_fetched(fetched) {
+                        return close;
+                    }
+                }
+                _ = sleep_until_or_never(self.deadline) => return Close::KeepAliveTimeout,
+                _ = sleep_until_or_never(self.cursor_flush_at) => self.flush_cursor(),
+            }
+        }
+    }
+
+    /// Handles every whole packet in the read buffer (until the request limit).
+    async fn handle_buffered(&mut self) -> Option<Close> {
+        while self.requests.len() < MAX_PENDING_REQUESTS {
+            match self.codec.read(&mut self.rbuf) {
+                Ok(packet) => {
+                    self.touch();
+                    if let Some(close) = self.handle_packet(packet).await {
+                        return Some(close);
+                    }
+                }
+                Err(FrameError::Incomplete) => return None,
+                Err(FrameError::Malformed(error)) => return Some(Close::Malformed(error.to_string())),
+            }
+        }
+        None
+    }
+
+    async fn handle_packet(&mut self, packet: Packet) -> Option<Close> {
+        match packet {
+            Packet::Publish(publish, _) => self.on_publish(publish).await,
+            Packet::PubAck(ack, _) => {
+                if self.outbox.on_puback(ack.pkid) {
+                    self.schedule_cursor_flush();
+                }
+            }
+            Packet::PubRel(rel, _) => self.write(Packet::PubComp(
+                PubComp {
+                    pkid: rel.pkid,
+                    reason: PubCompReason::Success,
+                },
+                None,
+            )),
+            Packet::PubRec(_, _) | Packet::PubComp(_, _) => {} // Parley never publishes at QoS 2
+            Packet::Subscribe(subscribe, _) => self.on_subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe, _) => self.on_unsubscribe(unsubscribe).await,
+            Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
+            Packet::Disconnect(_, _) => return Some(Close::Disconnect),
+            Packet::Connect(..) => return Some(Close::Protocol("second CONNECT".into())),
+            other => return Some(Close::Protocol(format!("unexpected packet from a client: {other:?}"))),
+        }
+        None
+    }
+
+    async fn on_publish(&mut self, publish: Publish) {
+        let (qos, pkid) = codec::publish_qos_pkid(&publish);
+        let topic = std::str::from_utf8(&publish.topic).unwrap_or("");
+        match acl::classify_publish(&self.user, &self.device, topic) {
+            PublishTopic::Request => {
+                m::message_in();
+                let reply = self.shared.chat.handle(&self.user, &publish.payload).await;
+                let ack = match qos {
+                    QoS::AtMostOnce => RequestAck::None,
+                    QoS::AtLeastOnce => RequestAck::PubAck(pkid),
+                    QoS::ExactlyOnce => RequestAck::PubRec(pkid),
+                };
+                self.requests.push_back(Box::pin(async move {
+                    Done {
+                        reply: reply.await,
+                        ack,
+                    }
+                }));
+            }
+            PublishTopic::Heartbeat => self.ack_publish(qos, pkid, true),
+            PublishTopic::Forbidden => {
+                tracing::warn!(topic, "publish to a forbidden topic dropped");
+                m::publish_dropped("forbidden");
+                self.ack_publish(qos, pkid, false);
+            }
+        }
+    }
+
+    /// Acknowledges a publish that produced no reply.
+    fn ack_publish(&mut self, qos: QoS, pkid: u16, allowed: bool) {
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: if allowed { PubAckReason::Success } else { PubAckReason::NotAuthorized },
+                },
+                None,
+            ),
+            QoS::ExactlyOnce => Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: if allowed { PubRecReason::Success } else { PubRecReason::NotAuthorized },
+                },
+                None,
+            ),
+        };
+        self.write(packet);
+    }
+
+    fn finish_request(&mut self, done: Done) {
+        self.outbox.push_reply(encode_reply(&done.reply));
+        self.pump();
+        match done.ack {
+            RequestAck::None => {}
+            RequestAck::PubAck(pkid) => self.ack_publish(QoS::AtLeastOnce, pkid, true),
+            RequestAck::PubRec(pkid) => self.ack_publish(QoS::ExactlyOnce, pkid, true),
+        }
+    }
+
+    async fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        for filter in subscribe.filters {
+            if !acl::may_subscribe(&self.user, &filter.path) {
+                tracing::warn!(filter = %filter.path, "subscription refused");
+                m::subscription_refused();
+                codes.push(match self.codec.level() {
+                    Level::V4 => SubscribeReasonCode::Failure,
+                    Level::V5 => SubscribeReasonCode::NotAuthorized,
+                });
+                continue;
+            }
+            let qos = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            self.subscriptions.retain(|(path, _)| *path != filter.path);
+            self.subscriptions.push((filter.path, qos as u8));
+            codes.push(SubscribeReasonCode::Success(qos));
+        }
+        self.apply_subscriptions();
+        self.persist_subscriptions().await;
+        self.write(Packet::SubAck(
+            SubAck {
+                pkid: subscribe.pkid,
+                return_codes: codes,
+            },
+            None,
+        ));
+    }
+
+    async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|(path, _)| path != filter);
+                match self.subscriptions.len() < before {
+                    true => UnsubAckReason::Success,
+                    false => UnsubAckReason::NoSubscriptionExisted,
+                }
+            })
+            .collect();
+        self.apply_subscriptions();
+        self.persist_subscriptions().await;
+        self.write(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+            },
+            None,
+        ));
+    }
+
+    /// Works out which of the device's own streams its filters cover.
+    fn apply_subscriptions(&mut self) {
+        let qos_for = |topic: &str| {
+            self.subscriptions
+                .iter()
+                .filter(|(filter, _)| rumqttd::protocol::matches(topic, filter))
+                .map(|(_, qos)| *qos)
+                .max()
+                .map(|qos| if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce })
+        };
+        let inbox = qos_for(&self.inbox_topic);
+        let reply = qos_for(&self.reply_topic);
+        self.outbox.set_subscriptions(inbox, reply);
+    }
+
+    async fn persist_subscriptions(&mut self) {
+        let Some(expiry) = self.durable else {
+            return;
+        };
+        let result = self.save_session(expiry, 0).await;
+        if let Err(error) = result {
+            tracing::error!(%error, "cannot save the session's subscriptions");
+        }
+    }
+
+    async fn save_session(&self, expiry: u32, disconnected_ms: i64) -> Result<(), String> {
+        let store = self.shared.store.clone();
+        let (user, device) = (self.user.clone(), self.device.clone());
+        let subscriptions = self.subscriptions.clone();
+        let acked = self.outbox.acked_upto();
+        tokio::task::spawn_blocking(move || {
+            session::save(&store, &user, &device, subscriptions, acked, expiry, disconnected_ms)
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
+    }
+
+    fn pump(&mut self) {
+        self.outbox
+            .observe_head(self.shared.router.inbox_head(&self.user));
+        let pumped = self.outbox.pump();
+        for outgoing in pumped.publishes {
+            let topic = match outgoing.stream {
+                Stream::Reply => &self.reply_topic,
+                Stream::Inbox => &self.inbox_topic,
+            };
+            let publish = codec::outgoing_publish(topic, outgoing.payload, outgoing.qos, outgoing.pkid, false);
+            self.write(Packet::Publish(publish, None));
+            m::messages_out(1);
+        }
+        if let Some((after, limit)) = pumped.fetch {
+            self.start_fetch(after, limit);
+        }
+    }
+
+    async fn pump_and_flush(&mut self) -> Result<(), Close> {
+        self.pump();
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let written = tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&self.wbuf)).await;
+        self.wbuf.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Close::Io(error.to_string())),
+            Err(_) => Err(Close::Io("write timed out".into())),
+        }
+    }
+
+    fn write(&mut self, packet: Packet) {
+        if let Err(error) = self.codec.write(packet, &mut self.wbuf) {
+            tracing::error!(%error, "cannot encode an outgoing packet");
+        }
+    }
+
+    fn start_fetch(&mut self, after: u64, limit: usize) {
+        let store = self.shared.store.clone();
+        let user = self.user.clone();
+        self.fetch = Some(tokio::task::spawn_blocking(move || {
+            let (envelopes, _more) = store.inbox_after(&user, after, limit)?;
+            Ok(envelopes
+                .into_iter()
+                .map(|envelope| (envelope.inbox_seq, Bytes::from(envelope.encode_to_vec())))
+                .collect())
+        }));
+    }
+
+    fn on_fetched(&mut self, fetched: Result<Fetched, tokio::task::JoinError>) -> Result<(), Close> {
+        match fetched {
+            Ok(Ok(envelopes)) => {
+                self.outbox.on_fetched(envelopes);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(Close::Store(error.to_string())),
+            Err(error) => Err(Close::Store(error.to_string())),
+        }
+    }
+
+    fn touch(&mut self) {
+        self.deadline = self.keep_alive.map(|keep_alive| Instant::now() + keep_alive);
+    }
+
+    fn schedule_cursor_flush(&mut self) {
+        if self.durable.is_some() && self.cursor_flush_at.is_none() {
+            self.cursor_flush_at = Some(Instant::now() + CURSOR_FLUSH);
+        }
+    }
+
+    /// Writes the acked cursor in the background (unsynced: losing it to a
+    /// crash only means redelivery).
+    fn flush_cursor(&mut self) {
+        self.cursor_flush_at = None;
+        let acked = self.outbox.acked_upto();
+        if acked <= self.persisted_cursor {
+            return;
+        }
+        self.persisted_cursor = acked;
+        let store = self.shared.store.clone();
+        let (user, device) = (self.user.clone(), self.device.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(error) = store.set_session_cursor(&user, &device, acked) {
+                tracing::warn!(%error, "cannot save the session cursor");
+            }
+        });
+    }
+
+    /// Ends the connection: tells the device why (v5), saves the session,
+    /// leaves the router.
+    async fn finish(mut self, close: Close) {
+        match &close {
+            Close::PeerClosed | Close::Disconnect | Close::Shutdown | Close::TakenOver => {
+                tracing::info!(reason = ?close, "disconnected")
+            }
+            _ => tracing::warn!(reason = ?close, "connection closed"),
+        }
+        if self.codec.level() == Level::V5 {
+            if let Some(reason_code) = disconnect_reason(&close) {
+                self.write(Packet::Disconnect(Disconnect { reason_code }, None));
+            }
+        }
+        let _ = self.pump_and_flush().await;
+        self.io.close().await;
+        self.shared
+            .router
+            .unregister(&self.user, &self.device, self.link.conn_id);
+        if let Some(expiry) = self.durable {
+            if let Err(error) = self.save_session(expiry, now_ms()).await {
+                tracing::error!(%error, "cannot save the session at disconnect");
+            }
+        }
+        m::connection_closed();
+    }
+}
+
+fn disconnect_reason(close: &Close) -> Option<DisconnectReasonCode> {
+    match close {
+        Close::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+        Close::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+        Close::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+        Close::Malformed(_) => Some(DisconnectReasonCode::MalformedPacket),
+        Close::Protocol(_) => Some(DisconnectReasonCode::ProtocolError),
+        Close::Store(_) => Some(DisconnectReasonCode::UnspecifiedError),
+        Close::PeerClosed | Close::Disconnect | Close::Io(_) => None,
+    }
+}
+
+async fn open_session(
+    shared: &Shared,
+    user: &str,
+    device: &str,
+    request: session::SessionRequest,
+) -> Result<SessionStart, String> {
+    let store = shared.store.clone();
+    let (user, device) = (user.to_owned(), device.to_owned());
+    tokio::task::spawn_blocking(move || session::open(&store, &user, &device, request, now_ms()))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
+}
+
+async fn wait_for<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,32 @@
+//! One device connection's life, on rumqttd's MQTT codecs.
+//!
+//! Layout:
+//! - [`transport`]: TCP or WebSocket bytes.
+//! - [`codec`]: framing with `rumqttd::protocol::{V4, V5}`.
+//! - [`connect`]: CONNECT, authentication, CONNACK.
+//! - [`session`]: durable sessions in RocksDB.
+//! - [`outbox`]: ordered delivery within the in-flight window.
+//! - [`connection`]: the per-connection task that ties them together.
+
+pub mod codec;
+pub mod connect;
+pub mod connection;
+pub mod outbox;
+pub mod session;
+pub mod transport;
+
+use std::sync::Arc;
+
+use parley_storage::Store;
+
+use crate::chat::ChatService;
+use crate::config::Config;
+use crate::router::Router;
+
+/// What every connection shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub router: Arc<Router>,
+    pub chat: ChatService,
+}

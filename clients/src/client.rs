@@ -1,0 +1,492 @@
+//! [`Client`]: one device's MQTT connection to the broker, with requests
+//! answered by replies and the user's inbox as a stream of envelopes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use parley_proto::topics;
+use parley_proto::v1::{
+    self, reply, request, Ack, Envelope, ErrorCode, HistoryPage, Reply, Request, SyncPage,
+};
+use prost::Message;
+use rumqttc::{AsyncClient, NetworkOptions, QoS, SubscribeFilter, SubscribeReasonCode};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::driver::{self, Driver, Pending};
+use crate::error::ClientError;
+use crate::ids::IdGen;
+use crate::options::ClientOptions;
+
+/// How long [`Client::disconnect`] waits for the DISCONNECT to be written.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
+
+/// A connected device. Cheap to clone: clones share the connection.
+///
+/// The connection lives until [`Client::disconnect`] or until the last clone
+/// is dropped (then it is closed without a DISCONNECT, like a lost network).
+/// There is no automatic reconnection: after [`ClientError::Disconnected`],
+/// connect again (with `clean_session(false)` the broker replays the inbox).
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mqtt: AsyncClient,
+    user: String,
+    device: String,
+    request_topic: String,
+    heartbeat_topic: String,
+    pending: Pending,
+    ids: IdGen,
+    inbox_rx: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
+    request_timeout: Duration,
+    session_present: bool,
+    connected: Arc<AtomicBool>,
+    driver: Mutex<Option<JoinHandle<()>>>,
+    /// Dropped with the last handle: tells the driver to close the connection.
+    _shutdown: oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("user", &self.inner.user)
+            .field("device", &self.inner.device)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Connects, waits for the CONNACK, subscribes `inbox/{user}` and
+    /// `reply/{user}/{device}` at QoS 1 and waits for the SUBACK.
+    ///
+    /// Errors: [`ClientError::Refused`] with the CONNACK code,
+    /// [`ClientError::SubscribeRefused`], [`ClientError::Timeout`] after
+    /// `connect_timeout`, [`ClientError::Connection`] for network failures.
+    pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
+        opts.validate()?;
+        let inbox_topic = topics::inbox(&opts.user);
+        let reply_topic = topics::reply(&opts.user, &opts.device);
+        let channel_capacity = usize::from(opts.inflight).clamp(16, 1024);
+        let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options(), channel_capacity);
+        let mut network = NetworkOptions::new();
+        network.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
+        eventloop.set_network_options(network);
+
+        let (connack_tx, connack_rx) = oneshot::channel();
+        let (suback_tx, suback_rx) = oneshot::channel();
+        let (shutdown_tx, shutdown_rx) = oneshot::channel();
+        let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
+        let pending = Pending::default();
+        let connected = Arc::new(AtomicBool::new(false));
+        let driver = Driver {
+            eventloop,
+            reply_topic: reply_topic.clone(),
+            inbox_topic: inbox_topic.clone(),
+            pending: pending.clone(),
+            inbox_tx,
+            connack_tx: Some(connack_tx),
+            suback_tx: Some(suback_tx),
+            shutdown_rx,
+            connected: connected.clone(),
+        };
+        let span = tracing::debug_span!("client", user = %opts.user, device = %opts.device);
+        let handle = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+
+        let session_present = wait("CONNACK", opts.connect_timeout, connack_rx).await??;
+        let filters = [&inbox_topic, &reply_topic]
+            .map(|topic| SubscribeFilter::new(topic.to_string(), QoS::AtLeastOnce));
+        mqtt.subscribe_many(filters).await?;
+        let suback = wait("SUBACK", opts.connect_timeout, suback_rx).await?;
+        check_suback(&suback.return_codes, &[&inbox_topic, &reply_topic])?;
+
+        Ok(Client {
+            inner: Arc::new(Inner {
+                mqtt,
+                request_topic: topics::request(&opts.user, &opts.device),
+                heartbeat_topic: topics::heartbeat(&opts.user, &opts.device),
+                user: opts.user,
+                device: opts.device,
+                pending,
+                ids: IdGen::new(),
+                inbox_rx: tokio::sync::Mutex::new(inbox_rx),
+                request_timeout: opts.request_timeout,
+                session_present,
+                connected,
+                driver: Mutex::new(Some(handle)),
+                _shutdown: shutdown_tx,
+            }),
+        })
+    }
+
+    /// The `user_id` this client connected as.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    /// The `device_id` this client connected as.
+    pub fn device(&self) -> &str {
+        &self.inner.device
+    }
+
+    /// Whether the CONNACK said the broker resumed a durable session.
+    pub fn session_present(&self) -> bool {
+        self.inner.session_present
+    }
+
+    /// Whether the connection is still up (false after a disconnect or a network error).
+    pub fn is_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::SeqCst)
+    }
+
+    /// Sends one request and returns the broker's raw `Reply` (an error reply
+    /// is returned as is, not turned into [`ClientError::Server`]).
+    ///
+    /// A fresh `request_id` is set; the request is published on
+    /// `req/{user}/{device}` at QoS 1 and the reply with that id is awaited
+    /// for `request_timeout` ([`ClientError::Timeout`] after that).
+    pub async fn request(&self, body: request::Body) -> Result<Reply, ClientError> {
+        self.request_with_timeout(body, self.inner.request_timeout)
+            .await
+    }
+
+    /// [`Client::request`] with its own timeout.
+    pub async fn request_with_timeout(
+        &self,
+        body: request::Body,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        if !self.is_connected() {
+            return Err(ClientError::Disconnected);
+        }
+        let request_id = self.inner.ids.next_id();
+        let (tx, rx) = oneshot::channel();
+        driver::lock(&self.inner.pending).insert(request_id.clone(), tx);
+        let _forget = ForgetOnDrop {
+            pending: &self.inner.pending,
+            request_id: &request_id,
+        };
+        let payload = Request {
+            request_id: request_id.clone(),
+            body: Some(body),
+        }
+        .encode_to_vec();
+        let exchange = async {
+            self.inner
+                .mqtt
+                .publish(&self.inner.request_topic, QoS::AtLeastOnce, false, payload)
+                .await?;
+            rx.await.map_err(|_| ClientError::Disconnected)
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout {
+                what: "the reply",
+                after: timeout,
+            }),
+        }
+    }
+
+    /// Sends `text` to `channel` with a fresh `client_msg_id`; returns the `Ack`.
+    pub async fn send(&self, channel: &str, text: &str) -> Result<Ack, ClientError> {
+        let client_msg_id = self.inner.ids.next_id();
+        self.send_with_id(channel, &client_msg_id, text).await
+    }
+
+    /// Sends `text` to `channel` with the caller's `client_msg_id`: a retry
+    /// with the same id is answered with the original `Ack` and `duplicate = true`.
+    pub async fn send_with_id(
+        &self,
+        channel: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Result<Ack, ClientError> {
+        let body = request::Body::Send(v1::SendMessage {
+            channel: channel.to_string(),
+            client_msg_id: client_msg_id.to_string(),
+            text: text.to_string(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// The user's inbox events after `after` (an `inbox_seq`), at most `limit`
+    /// of them (0 means the broker's default, 100; the broker caps it at 1,000).
+    pub async fn sync(&self, after: u64, limit: u32) -> Result<SyncPage, ClientError> {
+        let body = request::Body::Sync(v1::Sync {
+            after_inbox_seq: after,
+            limit,
+        });
+        match into_body(self.request(body).await?)? {
+            reply::Body::SyncPage(page) => Ok(page),
+            other => Err(unexpected("SyncPage", &other)),
+        }
+    }
+
+    /// A page of `channel`'s messages older than `before` (0: the newest), newest first.
+    pub async fn history(
+        &self,
+        channel: &str,
+        before: u64,
+        limit: u32,
+    ) -> Result<HistoryPage, ClientError> {
+        let body = request::Body::History(v1::History {
+            channel: channel.to_string(),
+            before_seq: before,
+            limit,
+        });
+        match into_body(self.request(body).await?)? {
+            reply::Body::HistoryPage(page) => Ok(page),
+            other => Err(unexpected("HistoryPage", &other)),
+        }
+    }
+
+    /// Creates group `group_id` (channel `g:{group_id}`) with this user as
+    /// owner and the given other members.
+    pub async fn create_group(
+        &self,
+        group_id: &str,
+        name: &str,
+        members: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Ack, ClientError> {
+        let body = request::Body::CreateGroup(v1::CreateGroup {
+            group_id: group_id.to_string(),
+            name: name.to_string(),
+            members: members.into_iter().map(Into::into).collect(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// Adds and removes members of group `group_id`.
+    pub async fn change_members(
+        &self,
+        group_id: &str,
+        add: impl IntoIterator<Item = impl Into<String>>,
+        remove: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Ack, ClientError> {
+        let body = request::Body::ChangeMembers(v1::ChangeMembers {
+            group_id: group_id.to_string(),
+            add: add.into_iter().map(Into::into).collect(),
+            remove: remove.into_iter().map(Into::into).collect(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// Leaves group `group_id`.
+    pub async fn leave_group(&self, group_id: &str) -> Result<Ack, ClientError> {
+        let body = request::Body::LeaveGroup(v1::LeaveGroup {
+            group_id: group_id.to_string(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// Publishes an empty heartbeat on `hb/{user}/{device}` at QoS 0.
+    pub async fn heartbeat(&self) -> Result<(), ClientError> {
+        self.inner
+            .mqtt
+            .publish(&self.inner.heartbeat_topic, QoS::AtMostOnce, false, Vec::new())
+            .await?;
+        Ok(())
+    }
+
+    /// The next envelope of the user's inbox, waiting at most `timeout`.
+    ///
+    /// `Ok(None)`: nothing arrived in time. [`ClientError::Disconnected`]:
+    /// the connection is closed and every buffered envelope has been read.
+    /// Deliveries are at least once: drop repeats by `inbox_seq`.
+    pub async fn next_envelope(&self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
+        let next = async {
+            let mut rx = self.inner.inbox_rx.lock().await;
+            rx.recv().await
+        };
+        match tokio::time::timeout(timeout, next).await {
+            Err(_) => Ok(None),
+            Ok(Some(envelope)) => Ok(Some(envelope)),
+            Ok(None) => Err(ClientError::Disconnected),
+        }
+    }
+
+    /// Closes the connection gracefully: sends DISCONNECT and waits (briefly)
+    /// for the event loop to end. Pending requests fail with
+    /// [`ClientError::Disconnected`]; buffered envelopes can still be read.
+    pub async fn disconnect(&self) -> Result<(), ClientError> {
+        let handle = self
+            .inner
+            .driver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        let Some(mut handle) = handle else {
+            return Ok(());
+        };
+        if self.is_connected() {
+            // An error means the event loop has already ended.
+            let _ = self.inner.mqtt.disconnect().await;
+        }
+        if tokio::time::timeout(DISCONNECT_GRACE, &mut handle)
+            .await
+            .is_err()
+        {
+            tracing::warn!("event loop did not stop after disconnect, aborting it");
+            handle.abort();
+        }
+        self.inner.connected.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// Removes a request from the pending map when its caller stops waiting.
+struct ForgetOnDrop<'a> {
+    pending: &'a Pending,
+    request_id: &'a str,
+}
+
+impl Drop for ForgetOnDrop<'_> {
+    fn drop(&mut self) {
+        driver::lock(self.pending).remove(self.request_id);
+    }
+}
+
+async fn wait<T>(
+    what: &'static str,
+    after: Duration,
+    rx: oneshot::Receiver<T>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(after, rx).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(ClientError::Connection(format!(
+            "connection closed before the {what}"
+        ))),
+        Err(_) => Err(ClientError::Timeout { what, after }),
+    }
+}
+
+fn check_suback(codes: &[SubscribeReasonCode], topics: &[&String]) -> Result<(), ClientError> {
+    for (i, topic) in topics.iter().enumerate() {
+        match codes.get(i) {
+            Some(SubscribeReasonCode::Success(_)) => {}
+            _ => return Err(ClientError::SubscribeRefused(topic.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// The reply's body; `Reply{error}` becomes [`ClientError::Server`].
+pub(crate) fn into_body(reply: Reply) -> Result<reply::Body, ClientError> {
+    match reply.body {
+        Some(reply::Body::Error(err)) => Err(ClientError::Server {
+            code: ErrorCode::try_from(err.code).unwrap_or(ErrorCode::Unspecified),
+            message: err.message,
+        }),
+        Some(body) => Ok(body),
+        None => Err(ClientError::UnexpectedReply(format!(
+            "reply {} has no body",
+            reply.request_id
+        ))),
+    }
+}
+
+/// An `Ack` reply; a reply with no body counts as an empty `Ack` (group changes).
+pub(crate) fn expect_ack(reply: Reply) -> Result<Ack, ClientError> {
+    if reply.body.is_none() {
+        return Ok(Ack::default());
+    }
+    match into_body(reply)? {
+        reply::Body::Ack(ack) => Ok(ack),
+        other => Err(unexpected("Ack", &other)),
+    }
+}
+
+fn unexpected(wanted: &str, got: &reply::Body) -> ClientError {
+    let got = match got {
+        reply::Body::Ack(_) => "Ack",
+        reply::Body::Error(_) => "Error",
+        reply::Body::SyncPage(_) => "SyncPage",
+        reply::Body::HistoryPage(_) => "HistoryPage",
+        reply::Body::Presence(_) => "PresenceList",
+    };
+    ClientError::UnexpectedReply(format!("wanted {wanted}, got {got}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(body: Option<reply::Body>) -> Reply {
+        Reply {
+            request_id: "r-1".into(),
+            body,
+        }
+    }
+
+    #[test]
+    fn error_replies_become_server_errors() {
+        let err = into_body(reply(Some(reply::Body::Error(v1::Error {
+            code: ErrorCode::TooLarge as i32,
+            message: "too long".into(),
+        }))))
+        .unwrap_err();
+        assert_eq!(err.server_code(), Some(ErrorCode::TooLarge));
+        assert!(err.to_string().contains("too long"));
+    }
+
+    #[test]
+    fn unknown_error_codes_are_unspecified() {
+        let err = into_body(reply(Some(reply::Body::Error(v1::Error {
+            code: 999,
+            message: String::new(),
+        }))))
+        .unwrap_err();
+        assert_eq!(err.server_code(), Some(ErrorCode::Unspecified));
+    }
+
+    #[test]
+    fn ack_expectations() {
+        let ack = Ack {
+            channel: "dm:a:b".into(),
+            seq: 3,
+            ts_ms: 1,
+            duplicate: false,
+        };
+        assert_eq!(
+            expect_ack(reply(Some(reply::Body::Ack(ack.clone())))).unwrap(),
+            ack
+        );
+        assert_eq!(expect_ack(reply(None)).unwrap(), Ack::default());
+        let err = expect_ack(reply(Some(reply::Body::SyncPage(SyncPage::default())))).unwrap_err();
+        assert!(matches!(err, ClientError::UnexpectedReply(_)), "{err}");
+    }
+
+    #[test]
+    fn suback_failures_name_the_topic() {
+        let inbox = "inbox/a".to_string();
+        let reply = "reply/a/d".to_string();
+        let ok = [SubscribeReasonCode::Success(QoS::AtLeastOnce); 2];
+        assert!(check_suback(&ok, &[&inbox, &reply]).is_ok());
+        let refused = [
+            SubscribeReasonCode::Success(QoS::AtLeastOnce),
+            SubscribeReasonCode::Failure,
+        ];
+        match check_suback(&refused, &[&inbox, &reply]) {
+            Err(ClientError::SubscribeRefused(topic)) => assert_eq!(topic, reply),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(check_suback(&ok[..1], &[&inbox, &reply]).is_err());
+    }
+
+    #[tokio::test]
+    async fn connect_to_nothing_fails_without_hanging() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let opts = ClientOptions::new(addr, "a", "d", "pw").connect_timeout(Duration::from_secs(2));
+        let err = Client::connect(opts).await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::Connection(_) | ClientError::Timeout { .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,343 @@
+//! How to reach the broker and who we are: [`ClientOptions`] and [`Transport`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::ClientError;
+
+/// The WebSocket path of the contract.
+pub const WS_PATH: &str = "/mqtt";
+
+/// The same MQTT 3.1.1 over one of two byte streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Plain TCP (default port 1883).
+    #[default]
+    Tcp,
+    /// WebSocket at path `/mqtt` with subprotocol `mqtt`.
+    WebSocket,
+}
+
+/// Everything [`Client::connect`](crate::Client::connect) needs.
+///
+/// Fields are public; the methods of the same names are chainable setters.
+///
+/// ```
+/// use parley_client::{ClientOptions, Transport};
+/// let opts = ClientOptions::parse("127.0.0.1:1883", "alice", "phone", "secret")
+///     .unwrap()
+///     .clean_session(false)
+///     .transport(Transport::WebSocket);
+/// assert_eq!(opts.client_id(), "alice:phone");
+/// assert!(!opts.clean_session);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Broker host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Broker port (the MQTT or the WebSocket listener, after `transport`).
+    pub port: u16,
+    /// MQTT username: the `user_id`.
+    pub user: String,
+    /// The `device_id`; the MQTT client id is `{user}:{device}`.
+    pub device: String,
+    /// A session token from `POST /v1/login`, or the account password where allowed.
+    pub password: String,
+    /// `true` (default): live traffic only. `false`: a durable session that the
+    /// broker keeps and replays on reconnect.
+    pub clean_session: bool,
+    /// TCP (default) or WebSocket.
+    pub transport: Transport,
+    /// MQTT keep-alive in seconds (default 20; 0 disables pings).
+    pub keep_alive_secs: u16,
+    /// Outgoing QoS 1 publishes in flight at once (default 100, at least 1).
+    pub inflight: u16,
+    /// How long [`Client::request`](crate::Client::request) waits for its reply (default 10 s).
+    pub request_timeout: Duration,
+    /// How long [`Client::connect`](crate::Client::connect) waits for the CONNACK
+    /// and the SUBACK (default 10 s).
+    pub connect_timeout: Duration,
+    /// Envelopes buffered for [`Client::next_envelope`](crate::Client::next_envelope)
+    /// (default 16,384). When it is full the client stops reading the socket
+    /// (replies included) until the application reads.
+    pub inbox_capacity: usize,
+    /// Largest MQTT packet accepted or sent, in bytes (default 16 MiB).
+    pub max_packet_size: usize,
+}
+
+impl ClientOptions {
+    /// Options for `user` on `device` at a socket address, with the defaults.
+    pub fn new(
+        addr: SocketAddr,
+        user: impl Into<String>,
+        device: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        Self::with_host(addr.ip().to_string(), addr.port(), user, device, password)
+    }
+
+    /// Options for `user` on `device` at `host:port`, with the defaults.
+    pub fn with_host(
+        host: impl Into<String>,
+        port: u16,
+        user: impl Into<String>,
+        device: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        ClientOptions {
+            host: host.into(),
+            port,
+            user: user.into(),
+            device: device.into(),
+            password: password.into(),
+            clean_session: true,
+            transport: Transport::Tcp,
+            keep_alive_secs: 20,
+            inflight: 100,
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            inbox_capacity: 16_384,
+            max_packet_size: 16 * 1024 * 1024,
+        }
+    }
+
+    /// Options from an address string: `HOST:PORT`, `[V6]:PORT`,
+    /// `tcp://HOST:PORT`, `mqtt://HOST:PORT` or `ws://HOST:PORT[/mqtt]`
+    /// (the last one selects [`Transport::WebSocket`]).
+    pub fn parse(
+        addr: &str,
+        user: impl Into<String>,
+        device: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Result<Self, ClientError> {
+        let (host, port, transport) = parse_broker_addr(addr)?;
+        Ok(Self::with_host(host, port, user, device, password).transport(transport))
+    }
+
+    /// Sets [`ClientOptions::clean_session`].
+    pub fn clean_session(mut self, clean: bool) -> Self {
+        self.clean_session = clean;
+        self
+    }
+
+    /// Sets [`ClientOptions::transport`].
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets [`ClientOptions::keep_alive_secs`].
+    pub fn keep_alive_secs(mut self, secs: u16) -> Self {
+        self.keep_alive_secs = secs;
+        self
+    }
+
+    /// Sets [`ClientOptions::inflight`].
+    pub fn inflight(mut self, inflight: u16) -> Self {
+        self.inflight = inflight;
+        self
+    }
+
+    /// Sets [`ClientOptions::request_timeout`].
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ClientOptions::connect_timeout`].
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets [`ClientOptions::inbox_capacity`].
+    pub fn inbox_capacity(mut self, capacity: usize) -> Self {
+        self.inbox_capacity = capacity;
+        self
+    }
+
+    /// Sets [`ClientOptions::max_packet_size`].
+    pub fn max_packet_size(mut self, bytes: usize) -> Self {
+        self.max_packet_size = bytes;
+        self
+    }
+
+    /// The MQTT client identifier, `{user}:{device}`.
+    pub fn client_id(&self) -> String {
+        format!("{}:{}", self.user, self.device)
+    }
+
+    /// Checks what rumqttc would otherwise panic on, and what the broker would refuse anyway.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let bad = |what: &str| Err(ClientError::InvalidOptions(what.to_string()));
+        if self.host.is_empty() {
+            return bad("host is empty");
+        }
+        if self.user.is_empty() {
+            return bad("user is empty");
+        }
+        if self.device.is_empty() {
+            return bad("device is empty");
+        }
+        if self.inflight == 0 {
+            return bad("inflight must be at least 1");
+        }
+        if self.inbox_capacity == 0 {
+            return bad("inbox_capacity must be at least 1");
+        }
+        if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
+            return bad("timeouts must be above zero");
+        }
+        Ok(())
+    }
+
+    /// The rumqttc options these stand for.
+    pub(crate) fn to_mqtt_options(&self) -> rumqttc::MqttOptions {
+        let mut mqtt = match self.transport {
+            Transport::Tcp => rumqttc::MqttOptions::new(self.client_id(), &self.host, self.port),
+            Transport::WebSocket => {
+                rumqttc::MqttOptions::new(self.client_id(), self.ws_url(), self.port)
+            }
+        };
+        if self.transport == Transport::WebSocket {
+            mqtt.set_transport(rumqttc::Transport::Ws);
+        }
+        mqtt.set_credentials(&self.user, &self.password)
+            .set_clean_session(self.clean_session)
+            .set_keep_alive(Duration::from_secs(u64::from(self.keep_alive_secs)))
+            .set_inflight(self.inflight.max(1))
+            .set_max_packet_size(self.max_packet_size, self.max_packet_size);
+        mqtt
+    }
+
+    /// `ws://host:port/mqtt`, with brackets around an IPv6 host.
+    pub(crate) fn ws_url(&self) -> String {
+        format!("ws://{}:{}{WS_PATH}", bracket_v6(&self.host), self.port)
+    }
+}
+
+fn bracket_v6(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    }
+}
+
+/// Splits a broker address into host, port and transport. See [`ClientOptions::parse`].
+///
+/// ```
+/// use parley_client::{parse_broker_addr, Transport};
+/// assert_eq!(
+///     parse_broker_addr("ws://localhost:8080/mqtt").unwrap(),
+///     ("localhost".to_string(), 8080, Transport::WebSocket)
+/// );
+/// ```
+pub fn parse_broker_addr(addr: &str) -> Result<(String, u16, Transport), ClientError> {
+    let bad = || ClientError::InvalidOptions(format!("bad broker address {addr:?}: want HOST:PORT"));
+    let addr = addr.trim();
+    let (rest, transport) = if let Some(rest) = addr.strip_prefix("ws://") {
+        (rest, Transport::WebSocket)
+    } else if let Some(rest) = addr.strip_prefix("tcp://") {
+        (rest, Transport::Tcp)
+    } else if let Some(rest) = addr.strip_prefix("mqtt://") {
+        (rest, Transport::Tcp)
+    } else if addr.contains("://") {
+        return Err(ClientError::InvalidOptions(format!(
+            "unsupported scheme in {addr:?}: use tcp://, mqtt:// or ws://"
+        )));
+    } else {
+        (addr, Transport::Tcp)
+    };
+    let authority = match rest.split_once('/') {
+        Some((authority, path)) if transport == Transport::WebSocket => {
+            if !path.is_empty() && format!("/{path}") != WS_PATH {
+                return Err(ClientError::InvalidOptions(format!(
+                    "the WebSocket path must be {WS_PATH}, got /{path}"
+                )));
+            }
+            authority
+        }
+        Some((authority, "")) => authority,
+        Some(_) => return Err(bad()),
+        None => rest,
+    };
+    let (host, port) = authority.rsplit_once(':').ok_or_else(bad)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port, transport))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_and_schemed_addresses() {
+        let tcp = |h: &str, p| Some((h.to_string(), p, Transport::Tcp));
+        assert_eq!(parse_broker_addr("127.0.0.1:1883").ok(), tcp("127.0.0.1", 1883));
+        assert_eq!(parse_broker_addr("tcp://example.org:1").ok(), tcp("example.org", 1));
+        assert_eq!(parse_broker_addr("mqtt://h:2/").ok(), tcp("h", 2));
+        assert_eq!(parse_broker_addr("[::1]:1883").ok(), tcp("::1", 1883));
+        assert_eq!(
+            parse_broker_addr("ws://[::1]:8080").ok(),
+            Some(("::1".to_string(), 8080, Transport::WebSocket))
+        );
+        assert_eq!(
+            parse_broker_addr("ws://h:8080/mqtt").ok(),
+            Some(("h".to_string(), 8080, Transport::WebSocket))
+        );
+    }
+
+    #[test]
+    fn refuses_bad_addresses() {
+        for addr in [
+            "",
+            "localhost",
+            "h:0",
+            "h:99999",
+            ":1883",
+            "wss://h:1",
+            "ws://h:1/other",
+            "h:1/x",
+        ] {
+            assert!(parse_broker_addr(addr).is_err(), "{addr} should be refused");
+        }
+    }
+
+    #[test]
+    fn defaults_and_setters() {
+        let opts = ClientOptions::new("127.0.0.1:1883".parse().unwrap(), "a", "d", "pw");
+        assert_eq!(opts.host, "127.0.0.1");
+        assert!(opts.clean_session);
+        assert_eq!(opts.transport, Transport::Tcp);
+        assert_eq!(opts.request_timeout, Duration::from_secs(10));
+        assert_eq!(opts.client_id(), "a:d");
+        let opts = opts.inflight(7).keep_alive_secs(5).clean_session(false);
+        assert_eq!((opts.inflight, opts.keep_alive_secs), (7, 5));
+        assert!(opts.validate().is_ok());
+    }
+
+    #[test]
+    fn validate_names_the_problem() {
+        let opts = ClientOptions::with_host("h", 1, "", "d", "pw");
+        let err = opts.validate().unwrap_err().to_string();
+        assert!(err.contains("user"), "{err}");
+        let opts = ClientOptions::with_host("h", 1, "u", "d", "pw").inflight(0);
+        assert!(opts.validate().is_err());
+    }
+
+    #[test]
+    fn websocket_url_has_the_contract_path() {
+        let opts = ClientOptions::with_host("::1", 80, "u", "d", "p");
+        assert_eq!(opts.ws_url(), "ws://[::1]:80/mqtt");
+        let mqtt = opts.transport(Transport::WebSocket).to_mqtt_options();
+        assert_eq!(mqtt.broker_address().0, "ws://[::1]:80/mqtt");
+    }
+}

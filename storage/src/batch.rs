@@ -1,0 +1,210 @@
+//! Atomic write batches and their commit (the engine's group commit).
+
+use std::fmt;
+
+use parley_proto::v1::ChatMessage;
+use prost::Message as _;
+use rocksdb::WriteBatch;
+
+use crate::error::StorageError;
+use crate::keys::{self, Cf};
+use crate::records::{self, GroupRecord, InboxEntry};
+use crate::store::{write_options, Store};
+
+/// Writes that become visible together, all or none, at
+/// [`Store::commit`]. Dropping a batch without committing it writes nothing.
+pub struct Batch {
+    store: Store,
+    writes: WriteBatch,
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch")
+            .field("writes", &self.writes.len())
+            .field("bytes", &self.writes.size_in_bytes())
+            .finish()
+    }
+}
+
+impl Batch {
+    /// Stores `message` under its `channel` and `seq`.
+    pub fn put_message(&mut self, message: &ChatMessage) -> Result<(), StorageError> {
+        let key = keys::seq_key(&message.channel, message.seq)?;
+        self.put(Cf::Messages, &key, &message.encode_to_vec())
+    }
+
+    /// Appends `entry` to `user`'s inbox at `inbox_seq`.
+    pub fn put_inbox(
+        &mut self,
+        user: &str,
+        inbox_seq: u64,
+        entry: &InboxEntry,
+    ) -> Result<(), StorageError> {
+        let key = keys::seq_key(user, inbox_seq)?;
+        self.put(Cf::Inbox, &key, &entry.encode())
+    }
+
+    /// Remembers that `sender`'s `client_msg_id` in `channel` got `seq`.
+    pub fn put_dedup(
+        &mut self,
+        sender: &str,
+        channel: &str,
+        client_msg_id: &str,
+        seq: u64,
+    ) -> Result<(), StorageError> {
+        let key = keys::dedup_key(sender, channel, client_msg_id)?;
+        self.put(Cf::Dedup, &key, &keys::encode_seq(seq))
+    }
+
+    /// Creates or replaces the group `group.id`.
+    pub fn put_group(&mut self, group: &GroupRecord) -> Result<(), StorageError> {
+        let key = keys::id_key(&group.id)?;
+        self.put(Cf::Groups, &key, &records::to_json("group", group)?)
+    }
+
+    /// Removes the group `id` (nothing happens if it does not exist).
+    pub fn delete_group(&mut self, id: &str) -> Result<(), StorageError> {
+        let key = keys::id_key(id)?;
+        self.writes.delete_cf(self.store.cf(Cf::Groups)?, key);
+        Ok(())
+    }
+
+    /// Number of writes in the batch.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// True if the batch holds no write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
+        self.writes.put_cf(self.store.cf(cf)?, key, value);
+        Ok(())
+    }
+}
+
+impl Store {
+    /// An empty batch for this store.
+    pub fn batch(&self) -> Batch {
+        Batch {
+            store: self.clone(),
+            writes: WriteBatch::default(),
+        }
+    }
+
+    /// Applies `batch` atomically. With `sync`, returns only once the write
+    /// ahead log is on disk (fsync), so the writes survive a crash: commit
+    /// many requests in one synced batch to share the fsync.
+    ///
+    /// The batch is written to the store that made it (column families are
+    /// recorded by id, so it must not go anywhere else).
+    pub fn commit(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+        debug_assert!(
+            std::sync::Arc::ptr_eq(&self.db, &batch.store.db),
+            "batch committed to another store"
+        );
+        batch
+            .store
+            .db
+            .write_opt(batch.writes, &write_options(sync))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::test_support::{chat, temp_store};
+    use crate::{GroupRecord, InboxEntry};
+
+    fn team() -> GroupRecord {
+        GroupRecord {
+            id: "team".to_owned(),
+            name: "Team".to_owned(),
+            owner: "alice".to_owned(),
+            members: vec!["alice".to_owned(), "bob".to_owned()],
+        }
+    }
+
+    #[test]
+    fn nothing_is_visible_before_commit_and_everything_after() {
+        let (_dir, store) = temp_store();
+        let mut batch = store.batch();
+        batch.put_message(&chat("g:team", 1, "alice")).unwrap();
+        for user in ["alice", "bob"] {
+            let entry = InboxEntry::Message {
+                channel: "g:team".to_owned(),
+                seq: 1,
+            };
+            batch.put_inbox(user, 1, &entry).unwrap();
+        }
+        batch.put_dedup("alice", "g:team", "c1", 1).unwrap();
+        batch.put_group(&team()).unwrap();
+        assert_eq!(batch.len(), 5);
+
+        assert_eq!(store.last_channel_seq("g:team").unwrap(), 0);
+        assert_eq!(store.group("team").unwrap(), None);
+
+        store.commit(batch, true).unwrap();
+        assert_eq!(store.last_channel_seq("g:team").unwrap(), 1);
+        assert_eq!(store.last_inbox_seq("alice").unwrap(), 1);
+        assert_eq!(store.last_inbox_seq("bob").unwrap(), 1);
+        assert_eq!(store.dedup("alice", "g:team", "c1").unwrap(), Some(1));
+        assert_eq!(store.group("team").unwrap(), Some(team()));
+    }
+
+    #[test]
+    fn a_dropped_or_failed_batch_writes_nothing() {
+        let (_dir, store) = temp_store();
+        let mut batch = store.batch();
+        batch.put_message(&chat("g:team", 1, "alice")).unwrap();
+        drop(batch);
+
+        let mut batch = store.batch();
+        batch.put_message(&chat("g:team", 1, "alice")).unwrap();
+        assert!(batch
+            .put_inbox(
+                "bad\0user",
+                1,
+                &InboxEntry::Message {
+                    channel: "g:team".to_owned(),
+                    seq: 1,
+                }
+            )
+            .is_err());
+        drop(batch);
+
+        assert_eq!(store.last_channel_seq("g:team").unwrap(), 0);
+    }
+
+    #[test]
+    fn groups_are_replaced_and_deleted_in_batches() {
+        let (_dir, store) = temp_store();
+        let mut batch = store.batch();
+        batch.put_group(&team()).unwrap();
+        store.commit(batch, false).unwrap();
+
+        let mut bigger = team();
+        bigger.members.push("carol".to_owned());
+        let mut batch = store.batch();
+        batch.put_group(&bigger).unwrap();
+        store.commit(batch, true).unwrap();
+        assert_eq!(store.group("team").unwrap(), Some(bigger));
+
+        let mut batch = store.batch();
+        batch.delete_group("team").unwrap();
+        assert!(!batch.is_empty());
+        store.commit(batch, true).unwrap();
+        assert_eq!(store.group("team").unwrap(), None);
+    }
+
+    #[test]
+    fn an_empty_batch_commits() {
+        let (_dir, store) = temp_store();
+        let batch = store.batch();
+        assert!(batch.is_empty());
+        store.commit(batch, true).unwrap();
+    }
+}

@@ -1,0 +1,62 @@
+//! Parley's durable state in RocksDB.
+//!
+//! Owns: the RocksDB database of a data dir, its column families, the
+//! encoding of every key and value, typed reads, atomic write batches and
+//! synced commits (the chat engine's group commit: many requests share one
+//! fsync).
+//!
+//! Must not: speak MQTT, touch the network, or apply chat rules (who may
+//! post where, what the next `seq` is, who receives what). It stores what
+//! the broker decided and reads it back; every call blocks on disk I/O, so
+//! async callers use `spawn_blocking` or a dedicated thread.
+//!
+//! # Layout
+//! - `store.rs`: [`Store::open`] and RocksDB tuning (lz4, one shared block
+//!   cache, bloom filters, two background jobs); point reads and writes of
+//!   users, messages, dedup entries and sessions.
+//! - `scan.rs`: range reads over one owner's keys with iterate bounds:
+//!   `last_*_seq`, `history` (newest first), `inbox_after` (resolving
+//!   message references with one multi-get), listings.
+//! - `batch.rs`: [`Batch`], a `WriteBatch` of chat-log writes, and
+//!   [`Store::commit`].
+//! - `records.rs`: the stored records ([`UserRecord`], [`GroupRecord`],
+//!   [`SessionRecord`], [`InboxEntry`]) and their value encodings.
+//! - `keys.rs`: key encodings and the column family names.
+//! - `error.rs`: [`StorageError`].
+//!
+//! # Column families
+//! Parts of a key are joined with 0x00, which never occurs in an id or a
+//! channel (a part holding it is refused with [`StorageError::InvalidKey`]).
+//! `seq_be64` is a big-endian `u64`, so byte order is numeric order and the
+//! keys of one channel or inbox form one ordered range, `owner 0x00 ..` up
+//! to `owner 0x01`: a scan of `al` never sees `alice`.
+//!
+//! | family | key | value |
+//! |---|---|---|
+//! | `users` | `user_id` | [`UserRecord`], JSON |
+//! | `groups` | `group_id` | [`GroupRecord`], JSON |
+//! | `messages` | `channel 0x00 seq_be64` | `ChatMessage`, protobuf |
+//! | `inbox` | `user_id 0x00 inbox_seq_be64` | [`InboxEntry`]: `0x01 seq_be64 channel` (a reference into `messages`) or `0x02 Envelope{body}` (protobuf, an inline event) |
+//! | `dedup` | `sender 0x00 channel 0x00 client_msg_id` | `seq_be64` |
+//! | `sessions` | `user_id 0x00 device_id` | [`SessionRecord`], JSON |
+//! | `meta` | `format_version` | `u32` big-endian, 1 |
+//!
+//! Messages are stored once and referenced from every member's inbox, so a
+//! message to a 100-member group stores its text once and 100 small entries.
+
+#![warn(missing_docs)]
+
+mod batch;
+mod error;
+mod keys;
+mod records;
+mod scan;
+mod store;
+
+#[cfg(test)]
+mod test_support;
+
+pub use batch::Batch;
+pub use error::StorageError;
+pub use records::{AccountKind, GroupRecord, InboxEntry, SessionRecord, UserRecord};
+pub use store::Store;

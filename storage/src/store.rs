@@ -1,0 +1,274 @@
+//! Opening the data dir, RocksDB tuning, and point reads and writes.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use parley_proto::v1::ChatMessage;
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
+    DBPinnableSlice, DBWithThreadMode, ErrorKind, Options, SingleThreaded, WriteOptions,
+};
+use tracing::debug;
+
+use crate::error::StorageError;
+use crate::keys::{self, Cf};
+use crate::records::{self, GroupRecord, SessionRecord, UserRecord};
+
+/// The RocksDB handle type. Column families are only created at open, so the
+/// single-threaded flavour (no lock around the family map) is enough.
+pub(crate) type Db = DBWithThreadMode<SingleThreaded>;
+
+/// One block cache shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// Memtable size of the chat log families (messages, inbox, dedup).
+const LOG_WRITE_BUFFER_BYTES: usize = 32 << 20;
+/// Memtable size of the small families (users, groups, sessions, meta).
+const SMALL_WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Past this much WAL, RocksDB flushes the rarely written families too, so
+/// old WAL files do not pile up behind them.
+const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
+/// Background writes are synced in steps of this size instead of all at once.
+const BYTES_PER_SYNC: u64 = 1 << 20;
+/// The on-disk format this build reads and writes (`meta` / `format_version`).
+const FORMAT_VERSION: u32 = 1;
+const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+
+/// Parley's data dir: a cheap, cloneable handle to one RocksDB database.
+///
+/// Every method blocks on disk I/O; async callers use `spawn_blocking` or a
+/// dedicated thread.
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) db: Arc<Db>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the data dir at `path`, creating missing column
+    /// families. Fails with [`StorageError::Locked`] if another process (or
+    /// another `Store` in this one) has it open.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store, StorageError> {
+        let path = path.as_ref();
+        let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let families = Cf::ALL
+            .iter()
+            .map(|cf| ColumnFamilyDescriptor::new(cf.name(), family_options(*cf, &cache)));
+        let db = Db::open_cf_descriptors(&db_options(), path, families)
+            .map_err(|e| open_error(path, e))?;
+        let store = Store { db: Arc::new(db) };
+        store.check_format_version()?;
+        debug!(path = %path.display(), "storage opened");
+        Ok(store)
+    }
+
+    /// The account `id`, if it exists.
+    pub fn user(&self, id: &str) -> Result<Option<UserRecord>, StorageError> {
+        let key = keys::id_key(id)?;
+        self.get_json(Cf::Users, &key)
+    }
+
+    /// Creates or replaces the account `id`; synced before it returns.
+    pub fn put_user(&self, id: &str, user: &UserRecord) -> Result<(), StorageError> {
+        let value = records::to_json("user", user)?;
+        self.put(Cf::Users, &keys::id_key(id)?, &value, true)
+    }
+
+    /// The group `id` (without the `g:` prefix), if it exists.
+    pub fn group(&self, id: &str) -> Result<Option<GroupRecord>, StorageError> {
+        let key = keys::id_key(id)?;
+        self.get_json(Cf::Groups, &key)
+    }
+
+    /// The message `seq` of `channel`, if it exists.
+    pub fn message(&self, channel: &str, seq: u64) -> Result<Option<ChatMessage>, StorageError> {
+        let key = keys::seq_key(channel, seq)?;
+        let Some(bytes) = self.get(Cf::Messages, &key)? else {
+            return Ok(None);
+        };
+        records::decode_chat_message(&key, &bytes).map(Some)
+    }
+
+    /// The `seq` given to `sender`'s message `client_msg_id` in `channel`,
+    /// if it was accepted before.
+    pub fn dedup(
+        &self,
+        sender: &str,
+        channel: &str,
+        client_msg_id: &str,
+    ) -> Result<Option<u64>, StorageError> {
+        let key = keys::dedup_key(sender, channel, client_msg_id)?;
+        let Some(bytes) = self.get(Cf::Dedup, &key)? else {
+            return Ok(None);
+        };
+        records::decode_seq_value(Cf::Dedup.name(), &key, &bytes).map(Some)
+    }
+
+    /// The durable session of `user`'s `device`, if it has one.
+    pub fn session(&self, user: &str, device: &str) -> Result<Option<SessionRecord>, StorageError> {
+        let key = keys::session_key(user, device)?;
+        self.get_json(Cf::Sessions, &key)
+    }
+
+    /// Creates or replaces a durable session; synced before it returns.
+    pub fn put_session(
+        &self,
+        user: &str,
+        device: &str,
+        session: &SessionRecord,
+    ) -> Result<(), StorageError> {
+        let value = records::to_json("session", session)?;
+        self.put(
+            Cf::Sessions,
+            &keys::session_key(user, device)?,
+            &value,
+            true,
+        )
+    }
+
+    /// Removes a durable session (no error if there is none); synced.
+    pub fn delete_session(&self, user: &str, device: &str) -> Result<(), StorageError> {
+        let key = keys::session_key(user, device)?;
+        self.db
+            .delete_cf_opt(self.cf(Cf::Sessions)?, key, &write_options(true))?;
+        Ok(())
+    }
+
+    /// Moves a session's `acked_inbox_seq` forward to `acked` (never back).
+    /// Not synced: losing it in a crash only causes redelivery. Returns
+    /// false if the device has no session. The caller serialises writes to
+    /// one device's session (its connection owns it).
+    pub fn set_session_cursor(
+        &self,
+        user: &str,
+        device: &str,
+        acked: u64,
+    ) -> Result<bool, StorageError> {
+        let key = keys::session_key(user, device)?;
+        let Some(mut session) = self.get_json::<SessionRecord>(Cf::Sessions, &key)? else {
+            return Ok(false);
+        };
+        if acked > session.acked_inbox_seq {
+            session.acked_inbox_seq = acked;
+            let value = records::to_json("session", &session)?;
+            self.put(Cf::Sessions, &key, &value, false)?;
+        }
+        Ok(true)
+    }
+
+    /// Syncs the write-ahead log, making every earlier unsynced write
+    /// (session cursors, `commit(_, false)`) durable. Call it on shutdown.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// The handle of a column family.
+    pub(crate) fn cf(&self, cf: Cf) -> Result<&ColumnFamily, StorageError> {
+        self.db
+            .cf_handle(cf.name())
+            .ok_or(StorageError::MissingColumnFamily(cf.name()))
+    }
+
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<DBPinnableSlice<'_>>, StorageError> {
+        Ok(self.db.get_pinned_cf(self.cf(cf)?, key)?)
+    }
+
+    fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<T>, StorageError> {
+        let Some(bytes) = self.get(cf, key)? else {
+            return Ok(None);
+        };
+        records::from_json(cf.name(), key, &bytes).map(Some)
+    }
+
+    fn put(&self, cf: Cf, key: &[u8], value: &[u8], sync: bool) -> Result<(), StorageError> {
+        self.db
+            .put_cf_opt(self.cf(cf)?, key, value, &write_options(sync))?;
+        Ok(())
+    }
+
+    /// Records the format version in a new data dir, refuses a foreign one.
+    fn check_format_version(&self) -> Result<(), StorageError> {
+        let Some(bytes) = self.get(Cf::Meta, FORMAT_VERSION_KEY)? else {
+            let version = FORMAT_VERSION.to_be_bytes();
+            return self.put(Cf::Meta, FORMAT_VERSION_KEY, &version, true);
+        };
+        let found: [u8; 4] = bytes[..].try_into().map_err(|_| {
+            StorageError::corrupt(Cf::Meta.name(), FORMAT_VERSION_KEY, "expected 4 bytes")
+        })?;
+        let found = u32::from_be_bytes(found);
+        if found != FORMAT_VERSION {
+            return Err(StorageError::IncompatibleFormat {
+                found,
+                expected: FORMAT_VERSION,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Write options: `sync` waits for the WAL to reach the disk (fsync).
+pub(crate) fn write_options(sync: bool) -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(sync);
+    options
+}
+
+/// Database-wide options, tuned for a write-heavy log on a small server.
+fn db_options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.increase_parallelism(2);
+    options.set_max_background_jobs(2);
+    options.set_max_total_wal_size(MAX_TOTAL_WAL_BYTES);
+    options.set_bytes_per_sync(BYTES_PER_SYNC);
+    options.set_wal_bytes_per_sync(BYTES_PER_SYNC);
+    options.set_keep_log_file_num(5);
+    options
+}
+
+/// Options of one column family: lz4, bloom filters for point reads, the
+/// shared block cache holding index and filter blocks too (bounded memory).
+fn family_options(cf: Cf, cache: &Cache) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    table.set_bloom_filter(10.0, false);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+
+    let mut options = Options::default();
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_bottommost_compression_type(DBCompressionType::Lz4);
+    options.set_level_compaction_dynamic_level_bytes(true);
+    options.set_block_based_table_factory(&table);
+    options.set_write_buffer_size(if cf.is_log() {
+        LOG_WRITE_BUFFER_BYTES
+    } else {
+        SMALL_WRITE_BUFFER_BYTES
+    });
+    options
+}
+
+/// Turns the "LOCK file is held" failure into [`StorageError::Locked`].
+fn open_error(path: &Path, error: rocksdb::Error) -> StorageError {
+    let message: &str = error.as_ref();
+    if error.kind() == ErrorKind::IOError && message.contains("LOCK:") {
+        return StorageError::Locked(path.to_path_buf());
+    }
+    StorageError::RocksDb(error)
+}
+
+#[cfg(test)]
+mod tests;
