@@ -28,6 +28,10 @@ pub const STORE_COMMIT_SECONDS: &str = "parley_store_commit_seconds";
 pub const STORE_BATCH_SIZE: &str = "parley_store_batch_size";
 /// Error replies sent, label `code` (counter).
 pub const ERRORS_TOTAL: &str = "parley_errors_total";
+/// CONNECTs refused (bad client id, credentials, store unavailable) (counter).
+pub const CONNECTS_REFUSED_TOTAL: &str = "parley_connects_refused_total";
+/// Subscription filters refused by the topic ACL (counter).
+pub const SUBSCRIPTIONS_REFUSED_TOTAL: &str = "parley_subscriptions_refused_total";
 /// Client publishes dropped, label `reason` (counter).
 pub const PUBLISHES_DROPPED_TOTAL: &str = "parley_publishes_dropped_total";
 
@@ -127,6 +131,16 @@ pub fn error(code: &'static str) {
 /// A client publish was dropped (e.g. `"forbidden_topic"`, `"qos2"`).
 pub fn publish_dropped(reason: &'static str) {
     counter!(PUBLISHES_DROPPED_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A CONNECT was answered with a refusing CONNACK.
+pub fn connect_refused() {
+    counter!(CONNECTS_REFUSED_TOTAL).increment(1);
+}
+
+/// A subscription filter was refused by the topic ACL.
+pub fn subscription_refused() {
+    counter!(SUBSCRIPTIONS_REFUSED_TOTAL).increment(1);
 }
 
 #[cfg(test)]

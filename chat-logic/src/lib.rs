@@ -1,1 +1,38 @@
-// placeholder
+//! Parley's chat domain, pure: every rule of the chat.v1 contract that can be
+//! decided without touching a socket or a disk.
+//!
+//! Owns: identities, channel ids, the topic ACL, request decoding and
+//! validation, group membership rules, the fan-out plan of a message, and the
+//! one error type with its client-facing code.
+//!
+//! Must not: do any I/O, depend on tokio or RocksDB, or keep state. Whatever
+//! it needs to know about the world (is this a registered user? what does
+//! this group look like now?) is passed in by the caller: the group as read,
+//! and a [`Directory`] of users.
+//!
+//! # Layout
+//! - [`error`]: [`ChatError`], a stable `ErrorCode` plus a message.
+//! - [`ids`]: user / device / group ids and the MQTT client identifier.
+//! - [`channel`]: `dm:{a}:{b}`, `g:{group}`, `sys:{user}` and their canonical form.
+//! - [`acl`]: which topics a user may subscribe to and a device may publish on.
+//! - [`limits`]: size and paging limits, with the contract's defaults.
+//! - [`command`]: `Request` payload -> validated [`Command`].
+//! - [`group`]: create / change members / leave, as pure decisions.
+//! - [`send`]: who receives a message; who may read a channel.
+
+pub mod acl;
+pub mod channel;
+pub mod command;
+pub mod error;
+pub mod group;
+pub mod ids;
+pub mod limits;
+pub mod send;
+
+pub use acl::PublishTopic;
+pub use channel::Channel;
+pub use command::{decode_request, Command, Decoded};
+pub use error::ChatError;
+pub use group::{Directory, Group, GroupChange};
+pub use ids::{ClientId, IdKind};
+pub use limits::Limits;

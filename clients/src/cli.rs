@@ -49,9 +49,10 @@ impl ConnectArgs {
     /// The client options these arguments describe.
     pub fn options(&self) -> Result<ClientOptions, ClientError> {
         let timeout = Duration::from_secs(self.timeout);
-        let mut opts = ClientOptions::parse(&self.broker, &self.user, &self.device, &self.password)?
-            .request_timeout(timeout)
-            .connect_timeout(timeout);
+        let mut opts =
+            ClientOptions::parse(&self.broker, &self.user, &self.device, &self.password)?
+                .request_timeout(timeout)
+                .connect_timeout(timeout);
         if self.ws {
             opts = opts.transport(Transport::WebSocket);
         }
@@ -208,7 +209,10 @@ pub async fn run_to(cmd: ChatCommand, out: &mut (dyn Write + Send)) -> anyhow::R
     match result {
         Err(ClientError::Server { code, message }) => {
             print_line(out, &json::error(code, &message))?;
-            anyhow::bail!("the broker refused the request: {} ({message})", code.as_str_name())
+            anyhow::bail!(
+                "the broker refused the request: {} ({message})",
+                code.as_str_name()
+            )
         }
         other => Ok(other?),
     }
@@ -234,14 +238,18 @@ async fn execute(
             };
             json::ack(&ack)
         }
-        ChatCommand::Sync { after, limit, .. } => json::sync_page(&client.sync(after, limit).await?),
+        ChatCommand::Sync { after, limit, .. } => {
+            json::sync_page(&client.sync(after, limit).await?)
+        }
         ChatCommand::History {
             channel,
             before,
             limit,
             ..
         } => {
-            let page = client.history(&conn.channel(&channel), before, limit).await?;
+            let page = client
+                .history(&conn.channel(&channel), before, limit)
+                .await?;
             json::history_page(&page)
         }
         ChatCommand::Listen {
@@ -326,7 +334,16 @@ mod tests {
 
     #[test]
     fn send_takes_channel_text_and_defaults() {
-        let cmd = parse(&["send", "--user", "alice", "--password", "pw", "@bob", "hi there"]).unwrap();
+        let cmd = parse(&[
+            "send",
+            "--user",
+            "alice",
+            "--password",
+            "pw",
+            "@bob",
+            "hi there",
+        ])
+        .unwrap();
         let ChatCommand::Send {
             conn,
             channel,
@@ -415,14 +432,23 @@ mod tests {
     #[test]
     fn broker_address_and_websocket() {
         let cmd = parse(&[
-            "sync", "--user", "u", "--password", "p", "--broker", "ws://h:9/mqtt",
+            "sync",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--broker",
+            "ws://h:9/mqtt",
         ])
         .unwrap();
         let opts = cmd.conn().options().unwrap();
         assert_eq!((opts.host.as_str(), opts.port), ("h", 9));
         assert_eq!(opts.transport, Transport::WebSocket);
         let cmd = parse(&["sync", "--user", "u", "--password", "p", "--ws"]).unwrap();
-        assert_eq!(cmd.conn().options().unwrap().transport, Transport::WebSocket);
+        assert_eq!(
+            cmd.conn().options().unwrap().transport,
+            Transport::WebSocket
+        );
         let cmd = parse(&["sync", "--user", "u", "--password", "p", "--broker", "nope"]).unwrap();
         assert!(cmd.conn().options().is_err());
     }

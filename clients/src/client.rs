@@ -287,7 +287,12 @@ impl Client {
     pub async fn heartbeat(&self) -> Result<(), ClientError> {
         self.inner
             .mqtt
-            .publish(&self.inner.heartbeat_topic, QoS::AtMostOnce, false, Vec::new())
+            .publish(
+                &self.inner.heartbeat_topic,
+                QoS::AtMostOnce,
+                false,
+                Vec::new(),
+            )
             .await?;
         Ok(())
     }
@@ -485,7 +490,10 @@ mod tests {
         let opts = ClientOptions::new(addr, "a", "d", "pw").connect_timeout(Duration::from_secs(2));
         let err = Client::connect(opts).await.unwrap_err();
         assert!(
-            matches!(err, ClientError::Connection(_) | ClientError::Timeout { .. }),
+            matches!(
+                err,
+                ClientError::Connection(_) | ClientError::Timeout { .. }
+            ),
             "{err}"
         );
     }

@@ -22,8 +22,12 @@ use crate::error::ClientError;
 pub(crate) type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
 
 /// Locks the pending map; a poisoned lock still holds a usable map.
-pub(crate) fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Reply>>> {
-    pending.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub(crate) fn lock(
+    pending: &Pending,
+) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Reply>>> {
+    pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// One connection's event-loop task. Built by `Client::connect`, consumed by [`Driver::run`].

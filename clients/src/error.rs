@@ -66,7 +66,7 @@ impl ClientError {
     ///
     /// ```
     /// use parley_client::ClientError;
-    /// use parley_proto::v1::ErrorCode;
+    /// use parley_client::v1::ErrorCode;
     /// let err = ClientError::Server { code: ErrorCode::NotMember, message: "no".into() };
     /// assert_eq!(err.server_code(), Some(ErrorCode::NotMember));
     /// assert_eq!(ClientError::Disconnected.server_code(), None);

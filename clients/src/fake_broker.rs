@@ -10,7 +10,9 @@ use bytes::BytesMut;
 use parley_proto::v1::Request;
 use prost::Message;
 use rumqttc::mqttbytes::Error as MqttError;
-use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode};
+use rumqttc::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,7 +28,9 @@ pub struct Script {
 }
 
 impl Script {
-    pub fn answering(handler: impl Fn(&str, Request) -> Vec<(String, Vec<u8>)> + Send + Sync + 'static) -> Self {
+    pub fn answering(
+        handler: impl Fn(&str, Request) -> Vec<(String, Vec<u8>)> + Send + Sync + 'static,
+    ) -> Self {
         Script {
             connack: ConnectReturnCode::Success,
             refuse_subscribe: false,
@@ -74,7 +78,10 @@ async fn serve(mut socket: TcpStream, script: Script) {
                     } else {
                         SubscribeReasonCode::Success(QoS::AtLeastOnce)
                     };
-                    answers.push(Packet::SubAck(SubAck::new(sub.pkid, vec![code; sub.filters.len()])));
+                    answers.push(Packet::SubAck(SubAck::new(
+                        sub.pkid,
+                        vec![code; sub.filters.len()],
+                    )));
                 }
                 Packet::PingReq => answers.push(Packet::PingResp),
                 Packet::Publish(publish) => {
@@ -111,7 +118,9 @@ async fn serve(mut socket: TcpStream, script: Script) {
 mod tests {
     use std::time::Duration;
 
-    use parley_proto::v1::{envelope, reply, request, Ack, ChatMessage, Envelope, ErrorCode, Reply};
+    use parley_proto::v1::{
+        envelope, reply, request, Ack, ChatMessage, Envelope, ErrorCode, Reply,
+    };
 
     use super::*;
     use crate::{Client, ClientError, ClientOptions};
@@ -163,7 +172,11 @@ mod tests {
                 ]
             }
             Some(request::Body::Sync(_)) => vec![], // never answered
-            _ => vec![reply_to(user, &req.request_id, reply::Body::Ack(Ack::default()))],
+            _ => vec![reply_to(
+                user,
+                &req.request_id,
+                reply::Body::Ack(Ack::default()),
+            )],
         })
     }
 
@@ -182,12 +195,20 @@ mod tests {
         let ack = client.send("dm:alice:bob", "hello").await.unwrap();
         assert_eq!((ack.channel.as_str(), ack.seq), ("dm:alice:bob", 5));
         // The undecodable publish is skipped; the real envelope comes through.
-        let env = client.next_envelope(Duration::from_secs(2)).await.unwrap().unwrap();
+        let env = client
+            .next_envelope(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .unwrap();
         match env.body {
             Some(envelope::Body::Message(m)) => assert_eq!(m.text, "hello"),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(client.next_envelope(Duration::from_millis(50)).await.unwrap().is_none());
+        assert!(client
+            .next_envelope(Duration::from_millis(50))
+            .await
+            .unwrap()
+            .is_none());
         let group = client.create_group("team", "Team", ["bob"]).await.unwrap();
         assert_eq!(group, Ack::default());
         client.disconnect().await.unwrap();
@@ -257,7 +278,10 @@ mod tests {
         script.refuse_subscribe = true;
         let addr = start(script).await;
         let err = Client::connect(opts(addr)).await.unwrap_err();
-        assert!(matches!(err, ClientError::SubscribeRefused(ref t) if t == "inbox/alice"), "{err}");
+        assert!(
+            matches!(err, ClientError::SubscribeRefused(ref t) if t == "inbox/alice"),
+            "{err}"
+        );
     }
 
     #[tokio::test]
@@ -270,7 +294,20 @@ mod tests {
         }
         let addr = start(chat_script()).await;
         let broker = addr.to_string();
-        let argv = ["t", "send", "--broker", &broker, "--user", "alice", "--device", "d", "--password", "pw", "@bob", "hey"];
+        let argv = [
+            "t",
+            "send",
+            "--broker",
+            &broker,
+            "--user",
+            "alice",
+            "--device",
+            "d",
+            "--password",
+            "pw",
+            "@bob",
+            "hey",
+        ];
         let cmd = Cli::try_parse_from(argv).unwrap().cmd;
         let mut out = Vec::new();
         crate::cli::run_to(cmd, &mut out).await.unwrap();
@@ -279,7 +316,20 @@ mod tests {
         assert_eq!(value["channel"], "dm:alice:bob");
         assert_eq!(value["seq"], 3);
 
-        let argv = ["t", "send", "--broker", &broker, "--user", "alice", "--device", "d", "--password", "pw", "g:x", "forbidden"];
+        let argv = [
+            "t",
+            "send",
+            "--broker",
+            &broker,
+            "--user",
+            "alice",
+            "--device",
+            "d",
+            "--password",
+            "pw",
+            "g:x",
+            "forbidden",
+        ];
         let cmd = Cli::try_parse_from(argv).unwrap().cmd;
         let mut out = Vec::new();
         assert!(crate::cli::run_to(cmd, &mut out).await.is_err());
@@ -288,7 +338,9 @@ mod tests {
     }
 
     /// Runs futures concurrently (a tiny join_all without the futures crate).
-    async fn futures_join_all<F: std::future::Future + Send + 'static>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+    async fn futures_join_all<F: std::future::Future + Send + 'static>(
+        futs: impl Iterator<Item = F>,
+    ) -> Vec<F::Output>
     where
         F::Output: Send + 'static,
     {

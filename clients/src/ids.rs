@@ -73,7 +73,7 @@ fn unique_prefix() -> String {
     )
 }
 
-fn base36(mut n: u128) -> String {
+pub(crate) fn base36(mut n: u128) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     if n == 0 {
         return "0".to_string();

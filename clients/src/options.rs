@@ -234,7 +234,8 @@ fn bracket_v6(host: &str) -> String {
 /// );
 /// ```
 pub fn parse_broker_addr(addr: &str) -> Result<(String, u16, Transport), ClientError> {
-    let bad = || ClientError::InvalidOptions(format!("bad broker address {addr:?}: want HOST:PORT"));
+    let bad =
+        || ClientError::InvalidOptions(format!("bad broker address {addr:?}: want HOST:PORT"));
     let addr = addr.trim();
     let (rest, transport) = if let Some(rest) = addr.strip_prefix("ws://") {
         (rest, Transport::WebSocket)
@@ -281,8 +282,14 @@ mod tests {
     #[test]
     fn parses_plain_and_schemed_addresses() {
         let tcp = |h: &str, p| Some((h.to_string(), p, Transport::Tcp));
-        assert_eq!(parse_broker_addr("127.0.0.1:1883").ok(), tcp("127.0.0.1", 1883));
-        assert_eq!(parse_broker_addr("tcp://example.org:1").ok(), tcp("example.org", 1));
+        assert_eq!(
+            parse_broker_addr("127.0.0.1:1883").ok(),
+            tcp("127.0.0.1", 1883)
+        );
+        assert_eq!(
+            parse_broker_addr("tcp://example.org:1").ok(),
+            tcp("example.org", 1)
+        );
         assert_eq!(parse_broker_addr("mqtt://h:2/").ok(), tcp("h", 2));
         assert_eq!(parse_broker_addr("[::1]:1883").ok(), tcp("::1", 1883));
         assert_eq!(

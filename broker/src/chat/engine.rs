@@ -211,17 +211,23 @@ impl Engine {
             .map(|job| plan.apply(&job.user, &job.command))
             .collect();
         let BatchPlan {
-            batch, deliveries, ..
+            batch,
+            deliveries,
+            poisoned,
+            ..
         } = plan;
-        if !batch.is_empty() {
-            if let Err(error) = self.commit(batch, jobs.len()) {
-                tracing::error!(%error, jobs = jobs.len(), "batch commit failed; nothing was acked");
-                self.sequences.reset();
-                for job in jobs {
-                    let _ = job.done.send(Err(ChatError::internal("storage failure")));
-                }
-                return;
+        let committed = match poisoned {
+            Some(error) => Err(error),
+            None if batch.is_empty() => Ok(()),
+            None => self.commit(batch, jobs.len()),
+        };
+        if let Err(error) = committed {
+            tracing::error!(%error, jobs = jobs.len(), "batch not committed; nothing was acked");
+            self.sequences.reset();
+            for job in jobs {
+                let _ = job.done.send(Err(ChatError::internal("storage failure")));
             }
+            return;
         }
         self.publish(deliveries);
         for (job, result) in jobs.into_iter().zip(results) {

@@ -6,12 +6,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use parley_chat_logic::channel::Channel;
-use parley_chat_logic::command::{Command, SendCommand};
+use parley_chat_logic::command::{Command, SendMessage};
 use parley_chat_logic::group::{self, Directory, Group, GroupChange};
 use parley_chat_logic::limits::Limits;
 use parley_chat_logic::{send, ChatError};
 use parley_proto::v1::{envelope, Ack, ChatMessage};
-use parley_storage::{Batch, InboxEntry, Store};
+use parley_storage::{Batch, GroupRecord, InboxEntry, StorageError, Store};
 
 use super::engine::{encode_body, internal, now_ms, Delivery, JobResult, Sequences};
 
@@ -38,6 +38,9 @@ pub(super) struct BatchPlan<'a> {
     sent: HashMap<DedupKey, Ack>,
     pub batch: Batch,
     pub deliveries: Vec<Delivery>,
+    /// Set when a write could not be added to the batch: the batch must not
+    /// be committed (ids are validated before, so this is a bug, not input).
+    pub poisoned: Option<StorageError>,
 }
 
 impl<'a> BatchPlan<'a> {
@@ -49,8 +52,9 @@ impl<'a> BatchPlan<'a> {
             now_ms: now_ms(),
             groups: HashMap::new(),
             sent: HashMap::new(),
-            batch: Batch::new(),
+            batch: store.batch(),
             deliveries: Vec::new(),
+            poisoned: None,
         }
     }
 
@@ -59,25 +63,22 @@ impl<'a> BatchPlan<'a> {
         match command {
             Command::Send(send) => self.send(user, send),
             Command::CreateGroup(create) => {
-                if self.group(&create.group_id)?.is_some() {
-                    return Err(ChatError::bad_request(format!(
-                        "group {} already exists",
-                        create.group_id
-                    )));
-                }
-                let change = group::create(user, create, self.limits, &StoreDirectory(self.store))?;
+                let existing = self.group(&create.group_id)?;
+                let directory = StoreDirectory(self.store);
+                let change = group::create(user, create, existing.as_ref(), &directory, self.limits)?;
                 self.group_change(&create.group_id, change)
             }
             Command::ChangeMembers(change) => {
-                let current = self.existing_group(&change.group_id)?;
-                let change =
-                    group::change_members(user, &current, change, self.limits, &StoreDirectory(self.store))?;
-                self.group_change(&current.id, change)
+                let current = self.group(&change.group_id)?;
+                let directory = StoreDirectory(self.store);
+                let planned =
+                    group::change_members(current.as_ref(), user, change, &directory, self.limits)?;
+                self.group_change(&change.group_id, planned)
             }
             Command::LeaveGroup(leave) => {
-                let current = self.existing_group(&leave.group_id)?;
-                let change = group::leave(user, &current)?;
-                self.group_change(&current.id, change)
+                let current = self.group(&leave.group_id)?;
+                let change = group::leave(current.as_ref(), user, leave)?;
+                self.group_change(&leave.group_id, change)
             }
             other => Err(ChatError::bad_request(format!(
                 "{} is not a write request",
@@ -86,8 +87,8 @@ impl<'a> BatchPlan<'a> {
         }
     }
 
-    fn send(&mut self, sender: &str, send: &SendCommand) -> JobResult {
-        let channel_id = send.channel.to_string();
+    fn send(&mut self, sender: &str, send: &SendMessage) -> JobResult {
+        let channel_id = send.channel.id();
         if let Some(ack) = self.duplicate_of(sender, &channel_id, &send.client_msg_id)? {
             return Ok(ack);
         }
@@ -114,10 +115,13 @@ impl<'a> BatchPlan<'a> {
             ts_ms: self.now_ms,
             duplicate: false,
         };
-        self.batch.put_message(&message);
+        let written = self.batch.put_message(&message);
+        self.check(written);
         if !send.client_msg_id.is_empty() {
-            self.batch
+            let written = self
+                .batch
                 .put_dedup(sender, &channel_id, &send.client_msg_id, seq);
+            self.check(written);
             let key = (sender.to_owned(), channel_id.clone(), send.client_msg_id.clone());
             self.sent.insert(key, ack.clone());
         }
@@ -166,27 +170,29 @@ impl<'a> BatchPlan<'a> {
     fn group(&self, id: &str) -> Result<Option<Group>, ChatError> {
         match self.groups.get(id) {
             Some(planned) => Ok(planned.clone()),
-            None => self.store.group(id).map_err(internal),
+            None => Ok(self.store.group(id).map_err(internal)?.map(group_from_record)),
         }
     }
 
-    fn existing_group(&self, id: &str) -> Result<Group, ChatError> {
-        self.group(id)?
-            .ok_or_else(|| ChatError::not_found(format!("group {id} does not exist")))
+    fn check(&mut self, written: Result<(), StorageError>) {
+        if let Err(error) = written {
+            self.poisoned.get_or_insert(error);
+        }
     }
 
     fn group_change(&mut self, id: &str, change: GroupChange) -> JobResult {
         self.sequences.load(self.store, None, &change.notify)?;
-        match &change.after {
-            Some(group) => self.batch.put_group(group),
+        let written = match &change.after {
+            Some(group) => self.batch.put_group(&group_record(group)),
             None => self.batch.delete_group(id),
-        }
+        };
+        self.check(written);
         self.groups.insert(id.to_owned(), change.after.clone());
         let event = envelope::Body::Group(change.event);
         let body = encode_body(event.clone());
         self.append_to_inboxes(&change.notify, &InboxEntry::Event(event), &body);
         Ok(Ack {
-            channel: Channel::Group(id.to_owned()).to_string(),
+            channel: Channel::Group(id.to_owned()).id(),
             seq: 0,
             ts_ms: self.now_ms,
             duplicate: false,
@@ -197,12 +203,33 @@ impl<'a> BatchPlan<'a> {
     fn append_to_inboxes(&mut self, users: &[String], entry: &InboxEntry, body: &Arc<bytes::Bytes>) {
         for user in users {
             let inbox_seq = self.sequences.next_inbox_seq(user);
-            self.batch.put_inbox(user, inbox_seq, entry);
+            let written = self.batch.put_inbox(user, inbox_seq, entry);
+            self.check(written);
             self.deliveries.push(Delivery {
                 user: user.clone(),
                 inbox_seq,
                 body: body.clone(),
             });
         }
+    }
+}
+
+/// The stored form of a group.
+fn group_record(group: &Group) -> GroupRecord {
+    GroupRecord {
+        id: group.id.clone(),
+        name: group.name.clone(),
+        owner: group.owner.clone(),
+        members: group.members.clone(),
+    }
+}
+
+/// A stored group, for the chat rules.
+pub fn group_from_record(record: GroupRecord) -> Group {
+    Group {
+        id: record.id,
+        name: record.name,
+        owner: record.owner,
+        members: record.members,
     }
 }

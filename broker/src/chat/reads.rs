@@ -7,7 +7,7 @@ use parley_proto::v1::{HistoryPage, SyncPage};
 use parley_storage::Store;
 
 use super::engine::internal;
-use super::plan::StoreDirectory;
+use super::plan::{group_from_record, StoreDirectory};
 
 /// The user's inbox after `after_inbox_seq`, oldest first.
 pub fn sync(store: &Store, user: &str, after_inbox_seq: u64, limit: u32) -> Result<SyncPage, ChatError> {
@@ -26,17 +26,12 @@ pub fn history(
     limit: u32,
 ) -> Result<HistoryPage, ChatError> {
     let group = match channel {
-        Channel::Group(id) => Some(
-            store
-                .group(id)
-                .map_err(internal)?
-                .ok_or_else(|| ChatError::not_found(format!("group {id} does not exist")))?,
-        ),
+        Channel::Group(id) => store.group(id).map_err(internal)?.map(group_from_record),
         _ => None,
     };
     send::recipients(user, channel, group.as_ref(), &StoreDirectory(store))?;
     let (messages, more) = store
-        .history(&channel.to_string(), before_seq, limit as usize)
+        .history(&channel.id(), before_seq, limit as usize)
         .map_err(internal)?;
     Ok(HistoryPage { messages, more })
 }

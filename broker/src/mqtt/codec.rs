@@ -7,7 +7,9 @@
 //! `serialize`/`deserialize` pair instead of re-parsing packets by hand.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use rumqttd::protocol::{self, Packet, Protocol, Publish, QoS, V4, V5};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::v5::V5;
+use rumqttd::protocol::{self, Packet, Protocol, Publish, QoS};
 
 /// MQTT protocol level 4 (3.1.1) or 5.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

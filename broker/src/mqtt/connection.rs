@@ -309,7 +309,7 @@ impl Connection {
             PublishTopic::Heartbeat => self.ack_publish(qos, pkid, true),
             PublishTopic::Forbidden => {
                 tracing::warn!(topic, "publish to a forbidden topic dropped");
-                m::publish_dropped("forbidden");
+                m::publish_dropped("forbidden_topic");
                 self.ack_publish(qos, pkid, false);
             }
         }
@@ -418,23 +418,21 @@ impl Connection {
         let Some(expiry) = self.durable else {
             return;
         };
-        let result = self.save_session(expiry, 0).await;
-        if let Err(error) = result {
+        if let Err(error) = self.session_snapshot(expiry, 0).save().await {
             tracing::error!(%error, "cannot save the session's subscriptions");
         }
     }
 
-    async fn save_session(&self, expiry: u32, disconnected_ms: i64) -> Result<(), String> {
-        let store = self.shared.store.clone();
-        let (user, device) = (self.user.clone(), self.device.clone());
-        let subscriptions = self.subscriptions.clone();
-        let acked = self.outbox.acked_upto();
-        tokio::task::spawn_blocking(move || {
-            session::save(&store, &user, &device, subscriptions, acked, expiry, disconnected_ms)
-        })
-        .await
-        .map_err(|error| error.to_string())?
-        .map_err(|error| error.to_string())
+    fn session_snapshot(&self, expiry_secs: u32, disconnected_ms: i64) -> SessionSnapshot {
+        SessionSnapshot {
+            store: self.shared.store.clone(),
+            user: self.user.clone(),
+            device: self.device.clone(),
+            subscriptions: self.subscriptions.clone(),
+            acked: self.outbox.acked_upto(),
+            expiry_secs,
+            disconnected_ms,
+        }
     }
 
     fn pump(&mut self) {
@@ -546,11 +544,41 @@ impl Connection {
             .router
             .unregister(&self.user, &self.device, self.link.conn_id);
         if let Some(expiry) = self.durable {
-            if let Err(error) = self.save_session(expiry, now_ms()).await {
+            if let Err(error) = self.session_snapshot(expiry, now_ms()).save().await {
                 tracing::error!(%error, "cannot save the session at disconnect");
             }
         }
         m::connection_closed();
+    }
+}
+
+/// A durable session's state, taken off the connection to be saved.
+struct SessionSnapshot {
+    store: parley_storage::Store,
+    user: String,
+    device: String,
+    subscriptions: Vec<(String, u8)>,
+    acked: u64,
+    expiry_secs: u32,
+    disconnected_ms: i64,
+}
+
+impl SessionSnapshot {
+    async fn save(self) -> Result<(), String> {
+        tokio::task::spawn_blocking(move || {
+            session::save(
+                &self.store,
+                &self.user,
+                &self.device,
+                self.subscriptions,
+                self.acked,
+                self.expiry_secs,
+                self.disconnected_ms,
+            )
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
     }
 }
 

@@ -57,7 +57,7 @@ impl Transport {
     pub async fn close(&mut self) {
         let _ = match self {
             Transport::Tcp(stream) => stream.shutdown().await,
-            Transport::WebSocket(ws) => ws.close(None).await.map_err(io::Error::other),
+            Transport::WebSocket(ws) => ws.close().await.map_err(io::Error::other),
         };
     }
 }

@@ -1,0 +1,166 @@
+//! The limits every request is checked against; the broker builds one
+//! [`Limits`] from its config and passes it in.
+
+use crate::error::ChatError;
+
+/// The largest `max_group_members` the config may set.
+pub const MAX_GROUP_MEMBERS_CEILING: usize = 500;
+
+/// Size and paging limits of the chat rules. `Default` gives the contract's
+/// defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest message text, in Unicode scalar values (default 100,000).
+    pub max_text_chars: usize,
+    /// Longest `client_msg_id`, in bytes (default 128).
+    pub max_client_msg_id_bytes: usize,
+    /// Most members of a group, creator included (default 100, at most 500).
+    pub max_group_members: usize,
+    /// Longest group name, in Unicode scalar values (default 256).
+    pub max_group_name_chars: usize,
+    /// `Sync` page size when the request says 0 (default 100).
+    pub default_sync_limit: u32,
+    /// Largest `Sync` page; larger requests are clamped (default 1000).
+    pub max_sync_limit: u32,
+    /// `History` page size when the request says 0 (default 50).
+    pub default_history_limit: u32,
+    /// Largest `History` page; larger requests are clamped (default 1000).
+    pub max_history_limit: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 100_000,
+            max_client_msg_id_bytes: 128,
+            max_group_members: 100,
+            max_group_name_chars: 256,
+            default_sync_limit: 100,
+            max_sync_limit: 1000,
+            default_history_limit: 50,
+            max_history_limit: 1000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that the limits make sense; `BAD_REQUEST` naming the bad field.
+    pub fn validate(&self) -> Result<(), ChatError> {
+        if !(1..=MAX_GROUP_MEMBERS_CEILING).contains(&self.max_group_members) {
+            return Err(ChatError::bad_request(format!(
+                "max_group_members must be between 1 and {MAX_GROUP_MEMBERS_CEILING}, got {}",
+                self.max_group_members
+            )));
+        }
+        check_positive("max_text_chars", self.max_text_chars)?;
+        check_positive("max_client_msg_id_bytes", self.max_client_msg_id_bytes)?;
+        check_positive("max_group_name_chars", self.max_group_name_chars)?;
+        check_page("sync", self.default_sync_limit, self.max_sync_limit)?;
+        check_page(
+            "history",
+            self.default_history_limit,
+            self.max_history_limit,
+        )
+    }
+
+    /// The `Sync` page size for a requested `limit` (0 => default, clamped).
+    pub fn sync_page(&self, limit: u32) -> u32 {
+        page_size(limit, self.default_sync_limit, self.max_sync_limit)
+    }
+
+    /// The `History` page size for a requested `limit` (0 => default, clamped).
+    pub fn history_page(&self, limit: u32) -> u32 {
+        page_size(limit, self.default_history_limit, self.max_history_limit)
+    }
+}
+
+fn page_size(requested: u32, default: u32, max: u32) -> u32 {
+    match requested {
+        0 => default.min(max),
+        n => n.min(max),
+    }
+}
+
+fn check_positive(name: &str, value: usize) -> Result<(), ChatError> {
+    if value == 0 {
+        return Err(ChatError::bad_request(format!("{name} must be at least 1")));
+    }
+    Ok(())
+}
+
+fn check_page(kind: &str, default: u32, max: u32) -> Result<(), ChatError> {
+    if default == 0 || default > max {
+        return Err(ChatError::bad_request(format!(
+            "default_{kind}_limit must be between 1 and max_{kind}_limit ({max}), got {default}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let limits = Limits::default();
+        assert_eq!(limits.max_text_chars, 100_000);
+        assert_eq!(limits.max_group_members, 100);
+        assert_eq!(limits.max_client_msg_id_bytes, 128);
+        assert_eq!(limits.validate(), Ok(()));
+    }
+
+    #[test]
+    fn page_sizes() {
+        let limits = Limits::default();
+        assert_eq!(limits.sync_page(0), 100);
+        assert_eq!(limits.sync_page(1), 1);
+        assert_eq!(limits.sync_page(1000), 1000);
+        assert_eq!(limits.sync_page(1001), 1000);
+        assert_eq!(limits.sync_page(u32::MAX), 1000);
+        assert_eq!(limits.history_page(0), 50);
+        assert_eq!(limits.history_page(7), 7);
+        assert_eq!(limits.history_page(5000), 1000);
+    }
+
+    #[test]
+    fn group_size_ceiling() {
+        let at_ceiling = Limits {
+            max_group_members: 500,
+            ..Limits::default()
+        };
+        assert_eq!(at_ceiling.validate(), Ok(()));
+        for bad in [0, 501] {
+            let limits = Limits {
+                max_group_members: bad,
+                ..Limits::default()
+            };
+            let error = limits.validate().unwrap_err();
+            assert!(error.message.contains("max_group_members"), "{error}");
+        }
+    }
+
+    #[test]
+    fn zero_limits_are_refused() {
+        let zero_text = Limits {
+            max_text_chars: 0,
+            ..Limits::default()
+        };
+        assert!(zero_text
+            .validate()
+            .unwrap_err()
+            .message
+            .contains("max_text_chars"));
+        let bad_page = Limits {
+            default_history_limit: 2000,
+            ..Limits::default()
+        };
+        let error = bad_page.validate().unwrap_err();
+        assert!(error.message.contains("default_history_limit"), "{error}");
+        let zero_page = Limits {
+            default_sync_limit: 0,
+            ..Limits::default()
+        };
+        assert!(zero_page.validate().is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The `idle` scenario: many connections that only send heartbeats, to
+//! measure what a connection costs the broker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::conn::{self, error_kind};
+use super::report::Report;
+use super::stats::Stats;
+use super::BenchArgs;
+use crate::Client;
+
+/// Time for the broker to settle after the last connection, before its RSS is read.
+const SETTLE: Duration = Duration::from_secs(1);
+
+pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<Report> {
+    let users = args.idle_users as usize;
+    let logins: Vec<(String, String)> = (0..args.connections as usize)
+        .map(|i| (args.user(i % users), format!("idle{i}")))
+        .collect();
+    let before = super::sample_memory(args);
+    let stop = Arc::new(AtomicBool::new(false));
+    let progress = super::spawn_progress(stats.clone(), stop.clone(), args.quiet);
+
+    let results = conn::connect_all(args, &logins, stats).await;
+    let attempted = results.len() as u64;
+    let clients: Vec<Client> = results.into_iter().filter_map(Result::ok).collect();
+    if clients.is_empty() {
+        stop.store(true, Ordering::Relaxed);
+        anyhow::bail!(
+            "no idle connection to {} succeeded (users {}0..{}{} must exist with --password)",
+            args.broker,
+            args.users_prefix,
+            args.users_prefix,
+            users - 1
+        );
+    }
+    tokio::time::sleep(SETTLE).await;
+    let connected = super::sample_memory(args);
+
+    hold(
+        &clients,
+        stats,
+        args.heartbeat_secs,
+        Duration::from_secs(args.duration),
+    )
+    .await;
+    let dropped = clients.iter().filter(|c| !c.is_connected()).count() as u64;
+    stats.record_errors("dropped", dropped);
+    let after = super::sample_memory(args);
+    stop.store(true, Ordering::Relaxed);
+    let _ = progress.await;
+    conn::disconnect_all(&clients).await;
+
+    let counts = stats.counts();
+    Ok(Report {
+        connections: clients.len() as u64,
+        connect_errors: attempted - clients.len() as u64,
+        send_secs: args.duration as f64,
+        sent: counts.sent,
+        errors: counts.errors,
+        error_kinds: stats.error_kinds(),
+        connect_latency: stats.connect_latency(),
+        broker_memory: super::broker_memory(args, before, connected, after, clients.len() as u64),
+        ..Report::default()
+    })
+}
+
+/// Keeps the connections for `duration`; each second, the connections whose
+/// index is the tick modulo `heartbeat_secs` send a heartbeat, so each
+/// connection beats every `heartbeat_secs` and the beats are spread evenly.
+async fn hold(clients: &[Client], stats: &Stats, heartbeat_secs: u64, duration: Duration) {
+    let end = Instant::now() + duration;
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut tick: u64 = 0;
+    while Instant::now() < end {
+        ticker.tick().await;
+        for (i, client) in clients.iter().enumerate() {
+            if i as u64 % heartbeat_secs != tick % heartbeat_secs || !client.is_connected() {
+                continue;
+            }
+            match client.heartbeat().await {
+                Ok(()) => {
+                    stats.sent.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => stats.record_error(&format!("heartbeat:{}", error_kind(&err))),
+            }
+        }
+        tick += 1;
+    }
+}

@@ -1,0 +1,349 @@
+//! The result of a run, as JSON (`--json FILE`) and as a Markdown table
+//! (`--markdown FILE`). The JSON field names are stable: `bench/run` reads them.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::stats::LatencySummary;
+
+/// What the run was asked to do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Params {
+    /// Sender/receiver pairs (`dm`, `relay`).
+    pub pairs: usize,
+    /// Groups (`group`).
+    pub groups: usize,
+    /// Members per group, sender included (`group`).
+    pub group_size: usize,
+    /// Connections (`idle`).
+    pub connections: usize,
+    /// Target messages per second, all senders together.
+    pub rate: f64,
+    /// Seconds of sending (or of holding idle connections).
+    pub duration_secs: u64,
+    /// Bytes of message text or MQTT payload.
+    pub payload_bytes: usize,
+    /// MQTT in-flight window per connection.
+    pub inflight: u16,
+    /// Unacknowledged sends per sender before it waits.
+    pub max_outstanding: usize,
+    /// Seconds between heartbeats (`idle`).
+    pub heartbeat_secs: u64,
+}
+
+/// The broker's resident memory over the run (from `/proc/{pid}/status`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct BrokerMemory {
+    /// The broker's process id.
+    pub pid: u32,
+    /// RSS before the bench connected, KiB.
+    pub before_kb: u64,
+    /// RSS once every connection was up, KiB.
+    pub connected_kb: u64,
+    /// RSS at the end of the run (connections still up), KiB.
+    pub after_kb: u64,
+    /// Peak RSS of the broker's life so far (`VmHWM`), KiB.
+    pub peak_kb: u64,
+    /// (connected - before) / connections, bytes.
+    pub growth_per_connection_bytes: f64,
+}
+
+/// One run's figures.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    /// `dm`, `group`, `idle` or `relay`.
+    pub scenario: String,
+    /// Free text from `--label` (e.g. `parley`, `mosquitto`).
+    pub label: String,
+    /// The broker address.
+    pub broker: String,
+    /// `tcp` or `websocket`.
+    pub transport: String,
+    /// Wall clock at the start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// What was asked.
+    pub params: Params,
+    /// Connections established.
+    pub connections: u64,
+    /// Connections that failed.
+    pub connect_errors: u64,
+    /// Seconds of the sending phase as scheduled.
+    pub send_secs: f64,
+    /// Seconds of the whole run, connecting and draining included.
+    pub wall_secs: f64,
+    /// Messages sent (heartbeats for `idle`).
+    pub sent: u64,
+    /// Messages acknowledged by the broker.
+    pub accepted: u64,
+    /// Acks that said `duplicate`.
+    pub duplicates: u64,
+    /// Deliveries to recipients (the sender's own copy excluded).
+    pub delivered: u64,
+    /// Copies received by the senders themselves.
+    pub echoes: u64,
+    /// Deliveries expected from the accepted messages.
+    pub expected_deliveries: u64,
+    /// Expected deliveries that never arrived before the drain ended.
+    pub lost: u64,
+    /// Errors of every kind.
+    pub errors: u64,
+    /// Errors by kind.
+    pub error_kinds: BTreeMap<String, u64>,
+    /// Sustained acknowledged messages per second.
+    pub accepted_per_sec: f64,
+    /// Sustained deliveries to recipients per second.
+    pub delivered_per_sec: f64,
+    /// Sustained inbox deliveries per second (recipients and senders' copies).
+    pub inbox_deliveries_per_sec: f64,
+    /// Send -> ack (chat `Ack` or MQTT PUBACK).
+    pub ack_latency: LatencySummary,
+    /// Send -> delivery to a recipient.
+    pub delivery_latency: LatencySummary,
+    /// Connect -> CONNACK and SUBACK.
+    pub connect_latency: LatencySummary,
+    /// Broker memory, with `--broker-pid`.
+    pub broker_memory: Option<BrokerMemory>,
+}
+
+/// `count` events over a window: divided by the longer of the scheduled
+/// window and the time the events actually took (a broker that falls behind
+/// does not get credit for acks it sent after the window).
+pub fn per_sec(count: u64, scheduled_secs: f64, actual_secs: f64) -> f64 {
+    let window = scheduled_secs.max(actual_secs);
+    if window <= 0.0 {
+        return 0.0;
+    }
+    count as f64 / window
+}
+
+fn latency_cell(l: &LatencySummary) -> String {
+    if l.count == 0 {
+        return "-".to_string();
+    }
+    format!(
+        "{:.2} / {:.2} / {:.2} / {:.2}",
+        l.p50_ms, l.p99_ms, l.p999_ms, l.max_ms
+    )
+}
+
+impl Report {
+    /// The report as pretty JSON.
+    pub fn to_json(&self) -> String {
+        // A struct of plain fields and string-keyed maps always serializes.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// The report as a Markdown section with one two-column table.
+    pub fn to_markdown(&self) -> String {
+        let mut rows: Vec<(String, String)> = vec![
+            (
+                "broker".into(),
+                format!("{} ({})", self.broker, self.transport),
+            ),
+            (
+                "connections".into(),
+                format!("{} ({} failed)", self.connections, self.connect_errors),
+            ),
+        ];
+        let p = &self.params;
+        match self.scenario.as_str() {
+            "dm" | "relay" => rows.push(("pairs".into(), p.pairs.to_string())),
+            "group" => rows.push((
+                "groups x members".into(),
+                format!("{} x {}", p.groups, p.group_size),
+            )),
+            _ => rows.push(("heartbeat every".into(), format!("{} s", p.heartbeat_secs))),
+        }
+        if self.scenario != "idle" {
+            rows.push(("target rate".into(), format!("{:.0} msg/s", p.rate)));
+            rows.push(("payload".into(), format!("{} B", p.payload_bytes)));
+        }
+        rows.push(("duration".into(), format!("{} s", p.duration_secs)));
+        rows.push(("sent".into(), self.sent.to_string()));
+        if self.scenario != "idle" {
+            rows.extend([
+                (
+                    "accepted".into(),
+                    format!("{} ({} duplicate)", self.accepted, self.duplicates),
+                ),
+                ("accepted/s".into(), format!("{:.0}", self.accepted_per_sec)),
+                (
+                    "delivered".into(),
+                    format!(
+                        "{} of {} expected ({} lost)",
+                        self.delivered, self.expected_deliveries, self.lost
+                    ),
+                ),
+                (
+                    "delivered/s".into(),
+                    format!("{:.0}", self.delivered_per_sec),
+                ),
+                (
+                    "inbox deliveries/s".into(),
+                    format!("{:.0}", self.inbox_deliveries_per_sec),
+                ),
+                (
+                    "send->ack p50 / p99 / p99.9 / max (ms)".into(),
+                    latency_cell(&self.ack_latency),
+                ),
+                (
+                    "send->delivery p50 / p99 / p99.9 / max (ms)".into(),
+                    latency_cell(&self.delivery_latency),
+                ),
+            ]);
+        }
+        rows.push((
+            "connect p50 / p99 / p99.9 / max (ms)".into(),
+            latency_cell(&self.connect_latency),
+        ));
+        let kinds: Vec<String> = self
+            .error_kinds
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect();
+        let errors = if kinds.is_empty() {
+            self.errors.to_string()
+        } else {
+            format!("{} ({})", self.errors, kinds.join(", "))
+        };
+        rows.push(("errors".into(), errors));
+        if let Some(m) = &self.broker_memory {
+            rows.push((
+                "broker RSS before / connected / after / peak (MiB)".into(),
+                format!(
+                    "{:.1} / {:.1} / {:.1} / {:.1}",
+                    m.before_kb as f64 / 1024.0,
+                    m.connected_kb as f64 / 1024.0,
+                    m.after_kb as f64 / 1024.0,
+                    m.peak_kb as f64 / 1024.0
+                ),
+            ));
+            rows.push((
+                "broker RSS per connection".into(),
+                format!("{:.0} B", m.growth_per_connection_bytes),
+            ));
+        }
+        let mut out = String::new();
+        let label = if self.label.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", self.label)
+        };
+        let _ = writeln!(out, "### parley-bench {}{label}\n", self.scenario);
+        let _ = writeln!(out, "| metric | value |\n|---|---|");
+        for (k, v) in rows {
+            let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Report {
+        Report {
+            scenario: "dm".into(),
+            label: "parley".into(),
+            broker: "127.0.0.1:1883".into(),
+            transport: "tcp".into(),
+            params: Params {
+                pairs: 100,
+                rate: 23_000.0,
+                duration_secs: 10,
+                payload_bytes: 100,
+                ..Params::default()
+            },
+            connections: 200,
+            sent: 230_000,
+            accepted: 230_000,
+            delivered: 229_990,
+            expected_deliveries: 230_000,
+            lost: 10,
+            errors: 1,
+            error_kinds: BTreeMap::from([("timeout".to_string(), 1)]),
+            accepted_per_sec: 23_000.0,
+            delivered_per_sec: 22_999.0,
+            ack_latency: LatencySummary {
+                count: 230_000,
+                mean_ms: 1.0,
+                p50_ms: 0.5,
+                p99_ms: 4.25,
+                p999_ms: 9.0,
+                max_ms: 12.0,
+            },
+            broker_memory: Some(BrokerMemory {
+                pid: 42,
+                before_kb: 10_240,
+                connected_kb: 20_480,
+                after_kb: 30_720,
+                peak_kb: 40_960,
+                growth_per_connection_bytes: 52_428.8,
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn markdown_table_has_the_figures() {
+        let md = sample().to_markdown();
+        assert!(md.starts_with("### parley-bench dm (parley)\n"), "{md}");
+        assert!(md.contains("| metric | value |\n|---|---|\n"));
+        assert!(md.contains("| accepted/s | 23000 |"), "{md}");
+        assert!(
+            md.contains("| send->ack p50 / p99 / p99.9 / max (ms) | 0.50 / 4.25 / 9.00 / 12.00 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| send->delivery p50 / p99 / p99.9 / max (ms) | - |"),
+            "{md}"
+        );
+        assert!(md.contains("| errors | 1 (timeout: 1) |"), "{md}");
+        assert!(md.contains("| broker RSS before / connected / after / peak (MiB) | 10.0 / 20.0 / 30.0 / 40.0 |"), "{md}");
+        assert!(
+            md.contains("| broker RSS per connection | 52429 B |"),
+            "{md}"
+        );
+        assert!(md
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .all(|l| l.matches(" | ").count() == 1));
+    }
+
+    #[test]
+    fn json_has_stable_field_names() {
+        let v: serde_json::Value = serde_json::from_str(&sample().to_json()).unwrap();
+        assert_eq!(v["scenario"], "dm");
+        assert_eq!(v["accepted_per_sec"], 23_000.0);
+        assert_eq!(v["ack_latency"]["p99_ms"], 4.25);
+        assert_eq!(v["params"]["pairs"], 100);
+        assert_eq!(v["broker_memory"]["connected_kb"], 20_480);
+        assert_eq!(v["error_kinds"]["timeout"], 1);
+    }
+
+    #[test]
+    fn idle_reports_skip_message_rows() {
+        let report = Report {
+            scenario: "idle".into(),
+            params: Params {
+                connections: 20_000,
+                heartbeat_secs: 10,
+                ..Params::default()
+            },
+            ..Report::default()
+        };
+        let md = report.to_markdown();
+        assert!(!md.contains("accepted/s"));
+        assert!(md.contains("| heartbeat every | 10 s |"));
+    }
+
+    #[test]
+    fn rates_use_the_longer_window() {
+        assert_eq!(per_sec(1000, 10.0, 5.0), 100.0);
+        assert_eq!(per_sec(1000, 10.0, 20.0), 50.0);
+        assert_eq!(per_sec(1000, 0.0, 0.0), 0.0);
+    }
+}
