@@ -85,7 +85,11 @@ pub fn list(store: &Store) -> Result<Vec<Account>, BrokerError> {
     let users = store.list_users()?;
     let accounts = users
         .into_iter()
-        .map(|(id, record)| Account { id, kind: record.kind, created_ms: record.created_ms })
+        .map(|(id, record)| Account {
+            id,
+            kind: record.kind,
+            created_ms: record.created_ms,
+        })
         .collect();
     Ok(accounts)
 }
@@ -104,8 +108,11 @@ pub fn hash_password(password: &str) -> Result<String, BrokerError> {
 /// Whether `password` matches the PHC string `phc` (parameters from `phc`).
 /// An unreadable `phc` is an error, a mismatch is `Ok(false)`.
 pub fn verify_password(phc: &str, password: &str) -> Result<bool, BrokerError> {
-    let parsed = PasswordHash::new(phc).map_err(|e| BrokerError::PasswordHash(format!("stored hash: {e}")))?;
-    Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+    let parsed = PasswordHash::new(phc)
+        .map_err(|e| BrokerError::PasswordHash(format!("stored hash: {e}")))?;
+    Ok(Argon2::default()
+        .verify_password(password.as_bytes(), &parsed)
+        .is_ok())
 }
 
 /// The contract's id rule: 1 to 64 characters of `[A-Za-z0-9_-]`.
@@ -133,7 +140,9 @@ fn dummy_hash() -> Option<&'static str> {
 }
 
 fn now_ms() -> i64 {
-    let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -156,7 +165,11 @@ mod tests {
         assert!(!verify(&store, "alice", "").unwrap());
         assert!(!verify(&store, "bob", "s3cret").unwrap(), "unknown user");
         let record = store.user("alice").unwrap().unwrap();
-        assert!(record.password_hash.starts_with("$argon2id$"), "{}", record.password_hash);
+        assert!(
+            record.password_hash.starts_with("$argon2id$"),
+            "{}",
+            record.password_hash
+        );
         assert!(!record.password_hash.contains("s3cret"));
         assert_eq!(record.kind, AccountKind::User);
     }
@@ -165,15 +178,30 @@ mod tests {
     fn refuses_duplicates_bad_ids_and_empty_passwords() {
         let (_dir, store) = store();
         add_user(&store, "alice", "pw").unwrap();
-        assert!(matches!(add_user(&store, "alice", "other"), Err(BrokerError::UserExists(_))));
-        assert!(verify(&store, "alice", "pw").unwrap(), "the duplicate changed nothing");
+        assert!(matches!(
+            add_user(&store, "alice", "other"),
+            Err(BrokerError::UserExists(_))
+        ));
+        assert!(
+            verify(&store, "alice", "pw").unwrap(),
+            "the duplicate changed nothing"
+        );
         let too_long = "a".repeat(65);
         for bad in ["", "a b", "al:ice", "é", too_long.as_str()] {
-            assert!(matches!(add_user(&store, bad, "pw"), Err(BrokerError::InvalidUserId(_))), "{bad:?}");
+            assert!(
+                matches!(
+                    add_user(&store, bad, "pw"),
+                    Err(BrokerError::InvalidUserId(_))
+                ),
+                "{bad:?}"
+            );
         }
         add_user(&store, &"a".repeat(64), "pw").unwrap();
         add_user(&store, "A-z_09", "pw").unwrap();
-        assert!(matches!(add_user(&store, "carol", ""), Err(BrokerError::EmptyPassword)));
+        assert!(matches!(
+            add_user(&store, "carol", ""),
+            Err(BrokerError::EmptyPassword)
+        ));
         assert!(store.user("carol").unwrap().is_none());
     }
 
@@ -186,8 +214,14 @@ mod tests {
         assert!(verify(&store, "alice", "new").unwrap());
         assert!(!verify(&store, "alice", "old").unwrap());
         assert_eq!(store.user("alice").unwrap().unwrap().created_ms, created);
-        assert!(matches!(set_password(&store, "bob", "pw"), Err(BrokerError::UnknownUser(_))));
-        assert!(matches!(set_password(&store, "alice", ""), Err(BrokerError::EmptyPassword)));
+        assert!(matches!(
+            set_password(&store, "bob", "pw"),
+            Err(BrokerError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            set_password(&store, "alice", ""),
+            Err(BrokerError::EmptyPassword)
+        ));
     }
 
     #[test]
@@ -205,6 +239,9 @@ mod tests {
         let b = hash_password("pw").unwrap();
         assert_ne!(a, b);
         assert!(verify_password(&a, "pw").unwrap() && verify_password(&b, "pw").unwrap());
-        assert!(matches!(verify_password("not a phc string", "pw"), Err(BrokerError::PasswordHash(_))));
+        assert!(matches!(
+            verify_password("not a phc string", "pw"),
+            Err(BrokerError::PasswordHash(_))
+        ));
     }
 }

@@ -132,15 +132,27 @@ struct Key {
 }
 
 const fn key(name: &'static str, kind: Kind) -> Key {
-    Key { name, kind, optional: false }
+    Key {
+        name,
+        kind,
+        optional: false,
+    }
 }
 
 const fn optional(name: &'static str, kind: Kind) -> Key {
-    Key { name, kind, optional: true }
+    Key {
+        name,
+        kind,
+        optional: true,
+    }
 }
 
-const U16: Kind = Kind::Int { max: u16::MAX as u64 };
-const U32: Kind = Kind::Int { max: u32::MAX as u64 };
+const U16: Kind = Kind::Int {
+    max: u16::MAX as u64,
+};
+const U32: Kind = Kind::Int {
+    max: u32::MAX as u64,
+};
 
 /// Every key of [`Config`] (a unit test keeps the two in step).
 const KEYS: &[Key] = &[
@@ -224,9 +236,12 @@ impl Config {
             })?;
             set_from_str(&mut table, k, raw, origin)?;
         }
-        let config: Config = Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Syntax { origin: "the merged configuration".to_owned(), message: e.to_string() }
-        })?;
+        let config: Config = Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                origin: "the merged configuration".to_owned(),
+                message: e.to_string(),
+            })?;
         config.validate()?;
         Ok(config)
     }
@@ -252,7 +267,12 @@ impl Config {
 
     /// Checks ranges and cross-key rules; the error names the bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| Err(ConfigError::Invalid { key, message: message.to_owned() });
+        let invalid = |key, message: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                message: message.to_owned(),
+            })
+        };
         if self.data_dir.as_os_str().is_empty() {
             return invalid("data_dir", "must not be empty");
         }
@@ -269,7 +289,10 @@ impl Config {
             }
         }
         if self.max_group_members > MAX_GROUP_MEMBERS_LIMIT {
-            return invalid("max_group_members", &format!("must be at most {MAX_GROUP_MEMBERS_LIMIT}"));
+            return invalid(
+                "max_group_members",
+                &format!("must be at most {MAX_GROUP_MEMBERS_LIMIT}"),
+            );
         }
         if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE_LIMIT).contains(&self.max_packet_size) {
             let message = format!(
@@ -279,7 +302,9 @@ impl Config {
         }
         self.validate_listeners()?;
         if let Some(url) = &self.push_gateway {
-            let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"));
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
             if rest.is_none_or(str::is_empty) {
                 return invalid("push_gateway", "must be an http:// or https:// URL");
             }
@@ -306,7 +331,9 @@ impl Config {
         ];
         listeners.extend(self.tls_addr.map(|addr| ("tls_addr", addr)));
         for (i, (key, addr)) in listeners.iter().enumerate() {
-            let clash = listeners[..i].iter().find(|(_, other)| addr.port() != 0 && other == addr);
+            let clash = listeners[..i]
+                .iter()
+                .find(|(_, other)| addr.port() != 0 && other == addr);
             if let Some((other_key, _)) = clash {
                 let message = format!("is the same address as {other_key} ({addr})");
                 return Err(ConfigError::Invalid { key, message });
@@ -334,10 +361,12 @@ impl Default for Config {
 
 /// Parses one TOML layer and checks each key and value.
 fn parse_layer(text: &str, origin: &str) -> Result<Table, ConfigError> {
-    let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        origin: origin.to_owned(),
-        message: e.to_string(),
-    })?;
+    let table: Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
     for (name, value) in &table {
         let k = find_key(name).ok_or_else(|| ConfigError::UnknownKey {
             key: name.clone(),
@@ -369,7 +398,10 @@ fn set_from_str(table: &mut Table, k: &Key, raw: &str, origin: &str) -> Result<(
     let value = match k.kind {
         Kind::Text | Kind::Addr => Value::String(raw.to_owned()),
         Kind::Int { .. } => {
-            let n = raw.trim().parse::<i64>().map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?;
+            let n = raw
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?;
             Value::Integer(n)
         }
         Kind::Bool => match raw.trim() {
@@ -390,7 +422,9 @@ fn check_value(k: &Key, value: &Value, origin: &str) -> Result<(), ConfigError> 
         (Kind::Text, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => return Ok(()),
         (Kind::Addr, Value::String(s)) => match s.parse::<SocketAddr>() {
             Ok(_) => return Ok(()),
-            Err(_) => format!("expected HOST:PORT with an IP address (e.g. 127.0.0.1:1883), got {s:?}"),
+            Err(_) => {
+                format!("expected HOST:PORT with an IP address (e.g. 127.0.0.1:1883), got {s:?}")
+            }
         },
         (Kind::Int { max }, Value::Integer(n)) => match u64::try_from(*n) {
             Ok(n) if n <= max => return Ok(()),
@@ -412,7 +446,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn write_file(text: &str) -> tempfile::NamedTempFile {
@@ -428,7 +465,10 @@ mod tests {
         assert_eq!(c.mqtt_addr, "0.0.0.0:1883".parse().unwrap());
         assert_eq!(c.ws_addr, "0.0.0.0:8083".parse().unwrap());
         assert_eq!(c.http_addr, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!((c.tls_addr, c.tls_cert.clone(), c.tls_key.clone()), (None, None, None));
+        assert_eq!(
+            (c.tls_addr, c.tls_cert.clone(), c.tls_key.clone()),
+            (None, None, None)
+        );
         assert_eq!(c.connect_timeout(), Duration::from_secs(10));
         assert_eq!(c.max_connections, 100_000);
         assert_eq!(c.max_packet_size, 1_048_576);
@@ -444,9 +484,10 @@ mod tests {
     #[test]
     fn every_key_is_documented_and_matches_the_struct() {
         for k in KEYS {
-            let documented = DEFAULTS_TOML
-                .lines()
-                .any(|l| l.trim_start_matches(['#', ' ']).starts_with(&format!("{} = ", k.name)));
+            let documented = DEFAULTS_TOML.lines().any(|l| {
+                l.trim_start_matches(['#', ' '])
+                    .starts_with(&format!("{} = ", k.name))
+            });
             assert!(documented, "{} missing from config/parley.toml", k.name);
         }
         let mut full = Config::defaults();
@@ -487,14 +528,23 @@ mod tests {
         assert_eq!(c.mqtt_addr, "127.0.0.1:2000".parse().unwrap());
         assert!(!c.allow_password_login);
         assert_eq!(c.presence_timeout_secs, 45);
-        assert_eq!(c.push_gateway, None, "an empty value unsets an optional key");
+        assert_eq!(
+            c.push_gateway, None,
+            "an empty value unsets an optional key"
+        );
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/parley"));
     }
 
     #[test]
     fn flags_override_env() {
-        let vars = env(&[("PARLEY_MQTT_ADDR", "127.0.0.1:2000"), ("PARLEY_HTTP_ADDR", "127.0.0.1:2001")]);
-        let flags = [("mqtt_addr", "127.0.0.1:3000".to_owned()), ("push_gateway", "https://gw/x".to_owned())];
+        let vars = env(&[
+            ("PARLEY_MQTT_ADDR", "127.0.0.1:2000"),
+            ("PARLEY_HTTP_ADDR", "127.0.0.1:2001"),
+        ]);
+        let flags = [
+            ("mqtt_addr", "127.0.0.1:3000".to_owned()),
+            ("push_gateway", "https://gw/x".to_owned()),
+        ];
         let c = Config::load(None, &vars, &flags).unwrap();
         assert_eq!(c.mqtt_addr, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(c.http_addr, "127.0.0.1:2001".parse().unwrap());
@@ -513,16 +563,56 @@ mod tests {
     #[test]
     fn invalid_values_name_the_key() {
         let cases: Vec<(Option<&str>, HashMap<String, String>, &str)> = vec![
-            (Some("max_connections = \"lots\"\n"), HashMap::new(), "max_connections"),
-            (Some("mqtt_addr = \"localhost\"\n"), HashMap::new(), "mqtt_addr"),
-            (Some("inflight_window = 70000\n"), HashMap::new(), "inflight_window"),
-            (None, env(&[("PARLEY_CONNECT_TIMEOUT_SECS", "-1")]), "connect_timeout_secs"),
-            (None, env(&[("PARLEY_ALLOW_PASSWORD_LOGIN", "yes")]), "allow_password_login"),
-            (None, env(&[("PARLEY_MAX_GROUP_MEMBERS", "501")]), "max_group_members"),
-            (None, env(&[("PARLEY_MAX_PACKET_SIZE", "1000")]), "max_packet_size"),
-            (None, env(&[("PARLEY_INFLIGHT_WINDOW", "0")]), "inflight_window"),
-            (None, env(&[("PARLEY_PUSH_GATEWAY", "ftp://x")]), "push_gateway"),
-            (None, env(&[("PARLEY_TLS_ADDR", "0.0.0.0:8883")]), "tls_cert"),
+            (
+                Some("max_connections = \"lots\"\n"),
+                HashMap::new(),
+                "max_connections",
+            ),
+            (
+                Some("mqtt_addr = \"localhost\"\n"),
+                HashMap::new(),
+                "mqtt_addr",
+            ),
+            (
+                Some("inflight_window = 70000\n"),
+                HashMap::new(),
+                "inflight_window",
+            ),
+            (
+                None,
+                env(&[("PARLEY_CONNECT_TIMEOUT_SECS", "-1")]),
+                "connect_timeout_secs",
+            ),
+            (
+                None,
+                env(&[("PARLEY_ALLOW_PASSWORD_LOGIN", "yes")]),
+                "allow_password_login",
+            ),
+            (
+                None,
+                env(&[("PARLEY_MAX_GROUP_MEMBERS", "501")]),
+                "max_group_members",
+            ),
+            (
+                None,
+                env(&[("PARLEY_MAX_PACKET_SIZE", "1000")]),
+                "max_packet_size",
+            ),
+            (
+                None,
+                env(&[("PARLEY_INFLIGHT_WINDOW", "0")]),
+                "inflight_window",
+            ),
+            (
+                None,
+                env(&[("PARLEY_PUSH_GATEWAY", "ftp://x")]),
+                "push_gateway",
+            ),
+            (
+                None,
+                env(&[("PARLEY_TLS_ADDR", "0.0.0.0:8883")]),
+                "tls_cert",
+            ),
             (None, env(&[("PARLEY_WS_ADDR", "0.0.0.0:1883")]), "ws_addr"),
             (None, env(&[("PARLEY_LOG", "info,=[")]), "log"),
         ];
@@ -539,18 +629,30 @@ mod tests {
         let file = write_file("mqtt_addr = \n");
         let err = Config::load(Some(file.path()), &HashMap::new(), &[]).unwrap_err();
         assert!(matches!(err, ConfigError::Syntax { .. }), "{err:?}");
-        assert!(err.to_string().contains(&file.path().display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&file.path().display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]
     fn missing_file_is_an_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/parley.toml")), &HashMap::new(), &[]).unwrap_err();
+        let err = Config::load(
+            Some(Path::new("/nonexistent/parley.toml")),
+            &HashMap::new(),
+            &[],
+        )
+        .unwrap_err();
         assert!(matches!(err, ConfigError::Read { .. }), "{err:?}");
     }
 
     #[test]
     fn unknown_env_vars_are_reported() {
-        let vars = env(&[("PARLEY_MQTT_ADDR", "127.0.0.1:1"), ("PARLEY_MQTT_ADR", "x"), ("PARLEY_CONFIG", "f")]);
+        let vars = env(&[
+            ("PARLEY_MQTT_ADDR", "127.0.0.1:1"),
+            ("PARLEY_MQTT_ADR", "x"),
+            ("PARLEY_CONFIG", "f"),
+        ]);
         assert_eq!(unknown_env_vars(&vars), vec!["PARLEY_MQTT_ADR".to_owned()]);
         assert_eq!(env_var_name("mqtt_addr"), "PARLEY_MQTT_ADDR");
     }

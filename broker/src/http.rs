@@ -46,7 +46,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -79,7 +83,11 @@ pub fn router(state: HttpState) -> Router {
 
 /// Serves the HTTP API on `listener` until `shutdown` is cancelled, then
 /// lets requests in progress finish.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
@@ -91,7 +99,13 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn metrics_text(State(state): State<HttpState>) -> impl IntoResponse {
     let text = crate::metrics::render(&state.metrics);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
 }
 
 async fn not_found(uri: Uri) -> ApiError {
@@ -105,12 +119,17 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 
 /// One span per request; the outcome is logged at debug level.
 async fn trace_request(request: Request, next: Next) -> Response {
-    let span = tracing::info_span!("http", method = %request.method(), path = %request.uri().path());
+    let span =
+        tracing::info_span!("http", method = %request.method(), path = %request.uri().path());
     async move {
         let started = Instant::now();
         let response = next.run(request).await;
         let elapsed_us = started.elapsed().as_micros() as u64;
-        tracing::debug!(status = response.status().as_u16(), elapsed_us, "request served");
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_us,
+            "request served"
+        );
         response
     }
     .instrument(span)
@@ -127,7 +146,11 @@ mod tests {
 
     use super::*;
 
-    async fn start() -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+    async fn start() -> (
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -143,8 +166,15 @@ mod tests {
         stream.write_all(head.as_bytes()).await.unwrap();
         let mut raw = String::new();
         stream.read_to_string(&mut raw).await.unwrap();
-        let status = raw.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        let status = raw
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -176,7 +206,10 @@ mod tests {
         assert_eq!(status, 404);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["error"]["code"], "NOT_FOUND");
-        assert!(body["error"]["message"].as_str().unwrap().contains("/v1/nope"));
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/v1/nope"));
         let (status, body) = request(addr, "POST", "/v1/health").await;
         assert_eq!(status, 405);
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -190,7 +223,10 @@ mod tests {
         assert_eq!(request(addr, "GET", "/v1/health").await.0, 200);
         shutdown.cancel();
         let result = tokio::time::timeout(Duration::from_secs(5), task).await;
-        result.expect("serve returns after shutdown").unwrap().unwrap();
+        result
+            .expect("serve returns after shutdown")
+            .unwrap()
+            .unwrap();
         assert!(TcpStream::connect(addr).await.is_err(), "listener closed");
     }
 }

@@ -14,9 +14,11 @@
 //! - [`router`]: user id -> connected devices; live delivery hand-off.
 //! - [`chat`]: the engine thread (group commit) and the read-side requests.
 //! - [`accounts`]: users and passwords (argon2) in the store.
+//! - [`auth`]: CONNECT authentication with a cache of recent verifications.
 //! - [`http`]: the HTTP API (`/v1/health`, `/metrics`).
 
 pub mod accounts;
+pub mod auth;
 pub mod chat;
 pub mod config;
 pub mod error;

@@ -13,6 +13,7 @@
 //! defaults (see `parley_broker::config`).
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +26,12 @@ use parley_storage::{AccountKind, StorageError, Store};
 use tokio_util::sync::CancellationToken;
 
 /// `PARLEY_*` variables read by `parley chat`, not broker keys: no warning.
-const CLIENT_ENV_VARS: &[&str] = &["PARLEY_BROKER", "PARLEY_USER", "PARLEY_DEVICE", "PARLEY_PASSWORD"];
+const CLIENT_ENV_VARS: &[&str] = &[
+    "PARLEY_BROKER",
+    "PARLEY_USER",
+    "PARLEY_DEVICE",
+    "PARLEY_PASSWORD",
+];
 
 #[derive(Debug, Parser)]
 #[command(name = "parley", version, about = "Parley: a chat broker over MQTT")]
@@ -127,15 +133,33 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::User(command) => user(command),
-        Command::Chat(command) => runtime().and_then(|rt| rt.block_on(parley_client::cli::run(command))),
+        Command::Chat(command) => {
+            runtime().and_then(|rt| rt.block_on(parley_client::cli::run(command)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("parley: {error:#}");
+            eprintln!("parley: {}", report(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, skipping a cause whose text the
+/// message before it already contains (`#[error("storage: {0}")]` style).
+fn report(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    let mut previous = line.clone();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        previous = text;
+    }
+    line
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -152,7 +176,11 @@ fn process_env() -> HashMap<String, String> {
         .collect()
 }
 
-fn load_config(args: &ConfigArgs, env: &HashMap<String, String>, flags: &[(&str, String)]) -> anyhow::Result<Config> {
+fn load_config(
+    args: &ConfigArgs,
+    env: &HashMap<String, String>,
+    flags: &[(&str, String)],
+) -> anyhow::Result<Config> {
     let config = Config::load(args.config.as_deref(), env, flags)?;
     Ok(config)
 }
@@ -190,6 +218,7 @@ fn init_tracing(filter: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 
@@ -226,7 +255,11 @@ async fn next_signal() -> std::io::Result<()> {
 fn user(command: UserCommand) -> anyhow::Result<()> {
     let env = process_env();
     match command {
-        UserCommand::Add { user, password, config } => {
+        UserCommand::Add {
+            user,
+            password,
+            config,
+        } => {
             let store = open_store(&config, &env)?;
             accounts::add_user(&store, &user, &password)?;
             println!("created user {user}");
@@ -241,7 +274,11 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
                 println!("{} {kind}", account.id);
             }
         }
-        UserCommand::Passwd { user, password, config } => {
+        UserCommand::Passwd {
+            user,
+            password,
+            config,
+        } => {
             let store = open_store(&config, &env)?;
             accounts::set_password(&store, &user, &password)?;
             println!("changed the password of {user}");
@@ -253,7 +290,11 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
 /// Opens the configured data dir; a running broker holding it is a clear
 /// error, not a RocksDB message.
 fn open_store(args: &ConfigArgs, env: &HashMap<String, String>) -> anyhow::Result<Store> {
-    let flags: Vec<(&str, String)> = args.data_dir.iter().map(|d| ("data_dir", d.clone())).collect();
+    let flags: Vec<(&str, String)> = args
+        .data_dir
+        .iter()
+        .map(|d| ("data_dir", d.clone()))
+        .collect();
     let config = load_config(args, env, &flags)?;
     match Store::open(&config.data_dir) {
         Ok(store) => Ok(store),
@@ -262,7 +303,8 @@ fn open_store(args: &ConfigArgs, env: &HashMap<String, String>) -> anyhow::Resul
              through the broker's HTTP API (POST /v1/register)",
             path.display()
         )),
-        Err(error) => Err(error).with_context(|| format!("cannot open the data dir {}", config.data_dir.display())),
+        Err(error) => Err(error)
+            .with_context(|| format!("cannot open the data dir {}", config.data_dir.display())),
     }
 }
 
@@ -277,14 +319,36 @@ mod tests {
     }
 
     #[test]
+    fn report_skips_causes_already_in_the_message() {
+        let io = std::io::Error::other("disk on fire");
+        let error = anyhow::Error::new(io)
+            .context("storage: disk on fire")
+            .context("cannot open the data dir /d");
+        assert_eq!(
+            report(&error),
+            "cannot open the data dir /d: storage: disk on fire"
+        );
+    }
+
+    #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
     }
 
     #[test]
     fn serve_flags_become_config_overrides() {
-        let cli = parse(&["serve", "--data-dir", "/d", "--mqtt-addr", "127.0.0.1:1", "--presence-timeout", "5"]);
-        let Command::Serve(args) = cli.command else { panic!("not serve") };
+        let cli = parse(&[
+            "serve",
+            "--data-dir",
+            "/d",
+            "--mqtt-addr",
+            "127.0.0.1:1",
+            "--presence-timeout",
+            "5",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
         let overrides = args.overrides();
         assert_eq!(
             overrides,
@@ -300,20 +364,50 @@ mod tests {
 
     #[test]
     fn user_commands_parse() {
-        let cli = parse(&["user", "add", "alice", "--password", "pw", "--data-dir", "/d"]);
-        let Command::User(UserCommand::Add { user, password, config }) = cli.command else { panic!() };
-        assert_eq!((user.as_str(), password.as_str(), config.data_dir.as_deref()), ("alice", "pw", Some("/d")));
-        assert!(matches!(parse(&["user", "list"]).command, Command::User(UserCommand::List { .. })));
+        let cli = parse(&[
+            "user",
+            "add",
+            "alice",
+            "--password",
+            "pw",
+            "--data-dir",
+            "/d",
+        ]);
+        let Command::User(UserCommand::Add {
+            user,
+            password,
+            config,
+        }) = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (user.as_str(), password.as_str(), config.data_dir.as_deref()),
+            ("alice", "pw", Some("/d"))
+        );
+        assert!(matches!(
+            parse(&["user", "list"]).command,
+            Command::User(UserCommand::List { .. })
+        ));
         let cli = parse(&["user", "passwd", "alice", "--password", "new"]);
-        assert!(matches!(cli.command, Command::User(UserCommand::Passwd { .. })));
+        assert!(matches!(
+            cli.command,
+            Command::User(UserCommand::Passwd { .. })
+        ));
     }
 
     #[test]
     fn user_commands_refuse_a_locked_data_dir() {
         let dir = tempfile::tempdir().unwrap();
         let _running = Store::open(dir.path()).unwrap();
-        let args = ConfigArgs { config: None, data_dir: Some(dir.path().display().to_string()) };
+        let args = ConfigArgs {
+            config: None,
+            data_dir: Some(dir.path().display().to_string()),
+        };
         let error = open_store(&args, &HashMap::new()).unwrap_err().to_string();
-        assert!(error.contains("in use by a running broker") && error.contains("HTTP API"), "{error}");
+        assert!(
+            error.contains("in use by a running broker") && error.contains("HTTP API"),
+            "{error}"
+        );
     }
 }

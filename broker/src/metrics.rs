@@ -9,7 +9,9 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Connections open now (gauge).
@@ -35,8 +37,12 @@ pub const SUBSCRIPTIONS_REFUSED_TOTAL: &str = "parley_subscriptions_refused_tota
 /// Client publishes dropped, label `reason` (counter).
 pub const PUBLISHES_DROPPED_TOTAL: &str = "parley_publishes_dropped_total";
 
-const COMMIT_SECONDS_BUCKETS: &[f64] = &[0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0];
-const BATCH_SIZE_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+const COMMIT_SECONDS_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+];
+const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -52,8 +58,16 @@ pub fn install() -> PrometheusHandle {
 
 fn install_once() -> PrometheusHandle {
     let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Full(STORE_COMMIT_SECONDS.to_owned()), COMMIT_SECONDS_BUCKETS)
-        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(STORE_BATCH_SIZE.to_owned()), BATCH_SIZE_BUCKETS));
+        .set_buckets_for_metric(
+            Matcher::Full(STORE_COMMIT_SECONDS.to_owned()),
+            COMMIT_SECONDS_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(STORE_BATCH_SIZE.to_owned()),
+                BATCH_SIZE_BUCKETS,
+            )
+        });
     let builder = match builder {
         Ok(builder) => builder,
         Err(e) => {
@@ -68,20 +82,42 @@ fn install_once() -> PrometheusHandle {
         return handle;
     }
     describe();
+    // Shown as 0 from the first scrape rather than appearing on first use.
     gauge!(CONNECTIONS).set(0.0);
+    for name in [
+        CONNECTIONS_TOTAL,
+        MESSAGES_IN_TOTAL,
+        MESSAGES_OUT_TOTAL,
+        FANOUT_DELIVERIES_TOTAL,
+    ] {
+        counter!(name).increment(0);
+    }
     handle
 }
 
 fn describe() {
     describe_gauge!(CONNECTIONS, "connections open now");
     describe_counter!(CONNECTIONS_TOTAL, "connections accepted since start");
-    describe_counter!(MESSAGES_IN_TOTAL, "MQTT PUBLISH packets received from clients");
+    describe_counter!(
+        MESSAGES_IN_TOTAL,
+        "MQTT PUBLISH packets received from clients"
+    );
     describe_counter!(MESSAGES_OUT_TOTAL, "MQTT PUBLISH packets sent to clients");
-    describe_counter!(FANOUT_DELIVERIES_TOTAL, "inbox envelopes handed to connected devices");
-    describe_histogram!(STORE_COMMIT_SECONDS, Unit::Seconds, "duration of one synced RocksDB commit");
+    describe_counter!(
+        FANOUT_DELIVERIES_TOTAL,
+        "inbox envelopes handed to connected devices"
+    );
+    describe_histogram!(
+        STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "duration of one synced RocksDB commit"
+    );
     describe_histogram!(STORE_BATCH_SIZE, Unit::Count, "requests per group commit");
     describe_counter!(ERRORS_TOTAL, "error replies sent, by error code");
-    describe_counter!(PUBLISHES_DROPPED_TOTAL, "client publishes dropped, by reason");
+    describe_counter!(
+        PUBLISHES_DROPPED_TOTAL,
+        "client publishes dropped, by reason"
+    );
 }
 
 /// Renders every metric in the Prometheus text format, after the upkeep the
@@ -171,9 +207,21 @@ mod tests {
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
         }
-        assert!(text.contains("parley_errors_total{code=\"NOT_MEMBER\"}"), "{text}");
-        assert!(text.contains("parley_publishes_dropped_total{reason=\"forbidden_topic\"}"), "{text}");
-        assert!(text.contains("parley_store_commit_seconds_bucket"), "histogram buckets:\n{text}");
-        assert!(render(&first).contains(CONNECTIONS_TOTAL), "both handles render one recorder");
+        assert!(
+            text.contains("parley_errors_total{code=\"NOT_MEMBER\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("parley_publishes_dropped_total{reason=\"forbidden_topic\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("parley_store_commit_seconds_bucket"),
+            "histogram buckets:\n{text}"
+        );
+        assert!(
+            render(&first).contains(CONNECTIONS_TOTAL),
+            "both handles render one recorder"
+        );
     }
 }

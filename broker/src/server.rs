@@ -66,6 +66,7 @@ impl Broker {
             config: config.clone(),
             store: store.clone(),
             router,
+            auth: crate::auth::Authenticator::new(store.clone()),
             chat: ChatService {
                 store,
                 engine,

@@ -73,6 +73,7 @@ impl ConnectArgs {
 pub enum ChatCommand {
     /// Send TEXT to CHANNEL (dm:a:b, g:group, or @user for the direct chat); prints the Ack.
     Send {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// dm:{a}:{b}, g:{group_id}, or @{user}.
@@ -85,6 +86,7 @@ pub enum ChatCommand {
     },
     /// Fetch inbox events after an inbox_seq; prints {"events": [...], "more": bool}.
     Sync {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// The largest inbox_seq already seen (0: from the start).
@@ -96,6 +98,7 @@ pub enum ChatCommand {
     },
     /// Page through a channel, newest first; prints {"messages": [...], "more": bool}.
     History {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// dm:{a}:{b}, g:{group_id}, or @{user}.
@@ -109,6 +112,7 @@ pub enum ChatCommand {
     },
     /// Print each inbox envelope as one JSON line until Ctrl-C.
     Listen {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// Use a durable session (clean session off): missed envelopes are replayed on reconnect.
@@ -131,6 +135,7 @@ pub enum ChatCommand {
 pub enum GroupCommand {
     /// Create GROUP_ID (channel g:GROUP_ID) with you as owner and MEMBERS.
     Create {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// 1 to 64 of [A-Za-z0-9_-].
@@ -143,6 +148,7 @@ pub enum GroupCommand {
     },
     /// Add USERS to GROUP_ID.
     Add {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// The group.
@@ -153,6 +159,7 @@ pub enum GroupCommand {
     },
     /// Remove USERS from GROUP_ID (owner only).
     Remove {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// The group.
@@ -163,6 +170,7 @@ pub enum GroupCommand {
     },
     /// Leave GROUP_ID.
     Leave {
+        /// Where and as whom to connect.
         #[command(flatten)]
         conn: ConnectArgs,
         /// The group.

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use parley_proto::topics;
 use parley_proto::v1::{self, Envelope, Request};
 use parley_tests::{collect_messages, direct_channel, raw, wire, RawV4, RawV5, TestBroker, WAIT};
 use prost::Message;

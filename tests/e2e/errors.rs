@@ -168,17 +168,27 @@ async fn bad_requests_get_the_right_error_and_change_nothing() {
         ),
         (&world.alice, request::Body::Logout(v1::Logout {}), ErrorCode::BadRequest, "logout (not supported yet)"),
     ];
+    // Every case runs (a wrong code is collected, not fatal at once) so
+    // that one run reports every mismatch; a change of state is fatal.
+    let mut wrong = Vec::new();
     for (client, body, code, what) in cases {
         let reply = client
             .request(body)
             .await
             .unwrap_or_else(|e| panic!("{what}: no reply: {e}"));
-        let message = match &reply.body {
-            Some(v1::reply::Body::Error(_)) => wire::expect_error(&reply, code),
-            other => panic!("{what}: expected Error {code:?}, got {other:?}"),
-        };
-        assert_eq!(world.snapshot().await, before, "state changed after: {what} ({message})");
+        let outcome = format!("{:?}", reply.body);
+        match &reply.body {
+            Some(v1::reply::Body::Error(error)) if error.code == code as i32 && !error.message.trim().is_empty() => {}
+            Some(v1::reply::Body::Error(error)) => wrong.push(format!(
+                "{what}: expected {code:?}, got {:?} {:?}",
+                v1::ErrorCode::try_from(error.code),
+                error.message
+            )),
+            other => wrong.push(format!("{what}: expected Error {code:?}, got {other:?}")),
+        }
+        assert_eq!(world.snapshot().await, before, "state changed after: {what} (reply: {outcome})");
     }
+    assert!(wrong.is_empty(), "wrong replies:\n{}", wrong.join("\n"));
 
     // The next sends get the next seqs, and bob's inbox continues at 4, 5:
     // nothing was appended by any failed request.

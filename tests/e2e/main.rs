@@ -10,6 +10,7 @@
 //! a barrier (a later message that did arrive) wherever one exists.
 
 mod acl;
+mod crash;
 mod direct;
 mod errors;
 mod groups;

@@ -288,3 +288,21 @@ async fn a_clean_session_gets_live_traffic_only_and_catches_up_with_sync() {
     assert_eq!(envelope.inbox_seq, 5);
     assert!(silent.next_publish_on(&topics::inbox("bob"), QUIET).await.is_none(), "no subscription, no delivery");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_with_clean_session_off_resumes_its_session() {
+    let broker = TestBroker::start(USERS).await;
+    let bob = broker.durable_client("bob", "laptop").await;
+    assert!(!bob.session_present());
+    bob.disconnect().await.expect("disconnect");
+
+    send_texts(&broker, &["for the laptop 1", "for the laptop 2"]).await;
+
+    let bob = broker.durable_client("bob", "laptop").await;
+    assert!(bob.session_present(), "the SDK sees CONNACK session present");
+    let got = parley_tests::collect_messages(&bob, 2, WAIT).await;
+    assert_eq!(
+        got.iter().map(|(i, m)| (*i, m.text.as_str())).collect::<Vec<_>>(),
+        vec![(1, "for the laptop 1"), (2, "for the laptop 2")]
+    );
+}

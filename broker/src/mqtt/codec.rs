@@ -47,15 +47,33 @@ impl Codec {
     }
 
     /// Takes one packet off the front of `buf`, if a whole one is there.
+    /// `Incomplete` leaves `buf` as it was; anything else consumed a frame.
     pub fn read(&self, buf: &mut BytesMut) -> Result<Packet, FrameError> {
+        if let Some(kind) = self.unreadable_kind(buf) {
+            return Err(FrameError::Malformed(protocol::Error::InvalidPacketType(kind)));
+        }
+        let available = buf.len();
         let result = match self.level {
             Level::V4 => V4.read_mut(buf, self.max_packet_size),
             Level::V5 => V5.read_mut(buf, self.max_packet_size),
         };
         result.map_err(|error| match error {
-            protocol::Error::InsufficientBytes(_) => FrameError::Incomplete,
+            protocol::Error::InsufficientBytes(_) if buf.len() == available => FrameError::Incomplete,
+            // rumqttd also says InsufficientBytes for a field cut short inside
+            // a whole frame (a V5 property length), after consuming the frame.
+            protocol::Error::InsufficientBytes(_) => FrameError::Malformed(protocol::Error::MalformedPacket),
             other => FrameError::Malformed(other),
         })
+    }
+
+    /// Packet types rumqttd 0.20's `V5::read_mut` has no arm for: a CONNACK
+    /// or UNSUBACK with a body reaches its `unreachable!()`. Only a server
+    /// sends them, so from a client they are malformed, whatever follows.
+    fn unreadable_kind(&self, buf: &[u8]) -> Option<u8> {
+        const CONNACK: u8 = 2;
+        const UNSUBACK: u8 = 11;
+        let kind = buf.first()? >> 4;
+        (self.level == Level::V5 && (kind == CONNACK || kind == UNSUBACK)).then_some(kind)
     }
 
     /// Appends `packet` to `buf`.
@@ -172,6 +190,39 @@ mod tests {
             assert_eq!(&read.topic[..], b"inbox/alice");
             assert_eq!(&read.payload[..], b"hi");
             assert!(buf.is_empty());
+        }
+    }
+
+    /// Regression (found by proptest, broker/tests/props): rumqttd 0.20's
+    /// `V5::read_mut` panicked with `unreachable!()` on a CONNACK or UNSUBACK
+    /// with a body; a client could crash its connection task with 3 bytes.
+    #[test]
+    fn v5_connack_and_unsuback_from_a_client_are_malformed_not_a_panic() {
+        let codec = Codec::new(Level::V5, 1 << 20);
+        for bytes in [[0x20u8, 0x01, 0x00], [0xb0, 0x01, 0x00], [0x20, 0x00, 0x00]] {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let error = codec.read(&mut buf).map(|p| format!("{p:?}"));
+            assert!(matches!(error, Err(FrameError::Malformed(_))), "{bytes:02x?}: {error:?}");
+        }
+        // 3.1.1 reads them; the connection then refuses them as unexpected.
+        let mut buf = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x00][..]);
+        assert!(matches!(Codec::new(Level::V4, 1 << 20).read(&mut buf), Ok(Packet::ConnAck(..))));
+    }
+
+    /// Regression (found by proptest): a whole V5 frame whose property
+    /// length is cut short was consumed but reported as `Incomplete`, so the
+    /// packet was silently skipped instead of closing the connection.
+    #[test]
+    fn a_field_cut_short_inside_a_whole_frame_is_malformed_not_incomplete() {
+        let codec = Codec::new(Level::V5, 1 << 20);
+        let frames: [&[u8]; 2] = [
+            &[0x30, 0x04, 0x00, 0x01, b't', 0x80], // PUBLISH "t", property length 0x80 then nothing
+            &[0x82, 0x02, 0x00, 0x01],             // SUBSCRIBE pkid 1, no property length at all
+        ];
+        for frame in frames {
+            let mut buf = BytesMut::from(frame);
+            let result = codec.read(&mut buf).map(|p| format!("{p:?}"));
+            assert!(matches!(result, Err(FrameError::Malformed(_))), "{frame:02x?}: {result:?}");
         }
     }
 

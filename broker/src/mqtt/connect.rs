@@ -1,6 +1,7 @@
 //! The first packet: CONNECT, within the connect timeout, authenticated
 //! against the store, answered with a CONNACK.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -13,7 +14,6 @@ use super::codec::{read_connect_level, Codec, FrameError};
 use super::session::{SessionRequest, NEVER};
 use super::transport::Transport;
 use super::Shared;
-use crate::accounts;
 
 /// A CONNECT as read off the wire.
 pub struct ConnectPacket {
@@ -82,7 +82,7 @@ async fn read_connect_packet(
 }
 
 /// Checks the client id and credentials; returns who connected.
-pub async fn authenticate(shared: &Shared, packet: &ConnectPacket) -> Result<ClientId, Refusal> {
+pub async fn authenticate(shared: &Arc<Shared>, packet: &ConnectPacket) -> Result<ClientId, Refusal> {
     let refuse = |why: &str| {
         Refusal::Connack(packet.codec, ConnectReturnCode::NotAuthorized, why.to_owned())
     };
@@ -95,9 +95,9 @@ pub async fn authenticate(shared: &Shared, packet: &ConnectPacket) -> Result<Cli
     if !shared.config.allow_password_login {
         return Err(refuse("password login is disabled"));
     }
-    let store = shared.store.clone();
     let (user, password) = (login.username.clone(), login.password.clone());
-    let verified = tokio::task::spawn_blocking(move || accounts::verify(&store, &user, &password))
+    let verifier = shared.clone();
+    let verified = tokio::task::spawn_blocking(move || verifier.auth.verify(&user, &password))
         .await
         .map_err(|_| refuse("authentication task failed"))?;
     match verified {

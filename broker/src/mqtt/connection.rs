@@ -101,6 +101,22 @@ enum Close {
     Store(String),
 }
 
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Shutdown => f.write_str("broker shutting down"),
+            Close::TakenOver => f.write_str("session taken over by a new connection"),
+            Close::PeerClosed => f.write_str("peer closed the connection"),
+            Close::Disconnect => f.write_str("DISCONNECT"),
+            Close::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            Close::Malformed(why) => write!(f, "malformed packet: {why}"),
+            Close::Protocol(why) => write!(f, "protocol error: {why}"),
+            Close::Io(why) => write!(f, "i/o error: {why}"),
+            Close::Store(why) => write!(f, "store error: {why}"),
+        }
+    }
+}
+
 /// How to acknowledge a request publish once its reply is out.
 #[derive(Debug, Clone, Copy)]
 enum RequestAck {
@@ -529,9 +545,9 @@ impl Connection {
     async fn finish(mut self, close: Close) {
         match &close {
             Close::PeerClosed | Close::Disconnect | Close::Shutdown | Close::TakenOver => {
-                tracing::info!(reason = ?close, "disconnected")
+                tracing::info!(reason = %close, "disconnected")
             }
-            _ => tracing::warn!(reason = ?close, "connection closed"),
+            _ => tracing::warn!(reason = %close, "connection closed"),
         }
         if self.codec.level() == Level::V5 {
             if let Some(reason_code) = disconnect_reason(&close) {

@@ -29,4 +29,5 @@ pub struct Shared {
     pub store: Store,
     pub router: Arc<Router>,
     pub chat: ChatService,
+    pub auth: crate::auth::Authenticator,
 }

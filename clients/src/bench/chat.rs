@@ -112,7 +112,10 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
         };
         senders.spawn(sender.run(pacer));
     }
-    while senders.join_next().await.is_some() {}
+    let mut in_flight = Vec::new();
+    while let Some(joined) = senders.join_next().await {
+        in_flight.extend(joined.ok());
+    }
     super::wait_for_deliveries(stats, plan.recipients, drain_deadline).await;
 
     stop.store(true, Ordering::Relaxed);
@@ -121,6 +124,10 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     let _ = progress.await;
     let after = super::sample_memory(args);
     conn::disconnect_all(&clients).await;
+    // Sends still waiting failed with the disconnect; let them count before the report.
+    for (permits, all) in in_flight {
+        let _ = tokio::time::timeout(Duration::from_secs(2), permits.acquire_many(all)).await;
+    }
 
     let mut report = report(stats, plan.recipients, send_start_us, args.duration);
     report.connections = clients.len() as u64;
@@ -160,7 +167,8 @@ struct Sender {
 }
 
 impl Sender {
-    async fn run(self, pacer: Pacer) {
+    /// Returns the in-flight permits: all of them are back once every send has finished.
+    async fn run(self, pacer: Pacer) -> (Arc<Semaphore>, u32) {
         let permits = Arc::new(Semaphore::new(self.max_outstanding));
         for k in 0..pacer.count() {
             let Some(due) = pacer.due_us(k) else { break };
@@ -179,9 +187,12 @@ impl Sender {
                 self.channel.clone(),
                 self.stats.clone(),
             );
+            let deadline = self.deadline;
             tokio::spawn(async move {
                 match client.send(&channel, &text).await {
                     Ok(ack) => stats.record_ack(due, ack.duplicate),
+                    // Still waiting when the run closed its connections.
+                    Err(_) if Instant::now() >= deadline => stats.record_error("unanswered"),
                     Err(err) => stats.record_error(&error_kind(&err)),
                 }
                 drop(permit);
@@ -190,6 +201,7 @@ impl Sender {
         // Every outstanding send has finished once all the permits are back.
         let all = u32::try_from(self.max_outstanding).unwrap_or(u32::MAX);
         let _ = tokio::time::timeout_at(self.deadline.into(), permits.acquire_many(all)).await;
+        (permits, all)
     }
 }
 

@@ -277,6 +277,64 @@ pub(crate) fn spawn_progress(
     })
 }
 
+/// The broker's memory now, when `--broker-pid` is given.
+pub(crate) fn sample_memory(args: &BenchArgs) -> Option<rss::Memory> {
+    let pid = args.broker_pid?;
+    let memory = rss::read(pid);
+    if memory.is_none() {
+        eprintln!("warning: cannot read /proc/{pid}/status; no broker memory in the report");
+    }
+    memory
+}
+
+/// The report's memory section from three samples.
+pub(crate) fn broker_memory(
+    args: &BenchArgs,
+    before: Option<rss::Memory>,
+    connected: Option<rss::Memory>,
+    after: Option<rss::Memory>,
+    connections: u64,
+) -> Option<report::BrokerMemory> {
+    let (pid, before, connected, after) = (args.broker_pid?, before?, connected?, after?);
+    let growth_kb = connected.rss_kb.saturating_sub(before.rss_kb) as f64;
+    Some(report::BrokerMemory {
+        pid,
+        before_kb: before.rss_kb,
+        connected_kb: connected.rss_kb,
+        after_kb: after.rss_kb,
+        peak_kb: after.peak_kb.max(connected.peak_kb),
+        growth_per_connection_bytes: if connections == 0 {
+            0.0
+        } else {
+            growth_kb * 1024.0 / connections as f64
+        },
+    })
+}
+
+/// A run id for names that must not collide with earlier runs (group ids).
+pub(crate) fn run_id() -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    crate::ids::base36(millis)
+}
+
+/// Waits until every accepted message reached its `recipients`, or the deadline.
+pub(crate) async fn wait_for_deliveries(
+    stats: &Stats,
+    recipients: u64,
+    deadline: std::time::Instant,
+) {
+    while std::time::Instant::now() < deadline {
+        let counts = stats.counts();
+        if counts.delivered >= counts.accepted * recipients {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,70 +392,12 @@ mod tests {
         assert!(BenchArgs::try_parse_from(["parley-bench", "dm", "--pairs", "0"]).is_err());
         assert!(BenchArgs::try_parse_from(["parley-bench", "dm", "--duration", "0"]).is_err());
         assert!(BenchArgs::try_parse_from(["parley-bench", "group", "--group-size", "1"]).is_err());
-        for rate in ["0", "-5", "NaN"] {
-            let args = BenchArgs::try_parse_from(["parley-bench", "dm", "--rate", rate]).unwrap();
+        for rate in ["--rate=0", "--rate=-5", "--rate=NaN"] {
+            let args = BenchArgs::try_parse_from(["parley-bench", "dm", rate]).unwrap();
             assert!(args.validate().is_err(), "rate {rate}");
         }
         let args =
             BenchArgs::try_parse_from(["parley-bench", "dm", "--broker", "nowhere"]).unwrap();
         assert!(args.validate().is_err());
-    }
-}
-
-/// The broker's memory now, when `--broker-pid` is given.
-pub(crate) fn sample_memory(args: &BenchArgs) -> Option<rss::Memory> {
-    let pid = args.broker_pid?;
-    let memory = rss::read(pid);
-    if memory.is_none() {
-        eprintln!("warning: cannot read /proc/{pid}/status; no broker memory in the report");
-    }
-    memory
-}
-
-/// The report's memory section from three samples.
-pub(crate) fn broker_memory(
-    args: &BenchArgs,
-    before: Option<rss::Memory>,
-    connected: Option<rss::Memory>,
-    after: Option<rss::Memory>,
-    connections: u64,
-) -> Option<report::BrokerMemory> {
-    let (pid, before, connected, after) = (args.broker_pid?, before?, connected?, after?);
-    let growth_kb = connected.rss_kb.saturating_sub(before.rss_kb) as f64;
-    Some(report::BrokerMemory {
-        pid,
-        before_kb: before.rss_kb,
-        connected_kb: connected.rss_kb,
-        after_kb: after.rss_kb,
-        peak_kb: after.peak_kb.max(connected.peak_kb),
-        growth_per_connection_bytes: if connections == 0 {
-            0.0
-        } else {
-            growth_kb * 1024.0 / connections as f64
-        },
-    })
-}
-
-/// A run id for names that must not collide with earlier runs (group ids).
-pub(crate) fn run_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or_default();
-    crate::ids::base36(millis)
-}
-
-/// Waits until every accepted message reached its `recipients`, or the deadline.
-pub(crate) async fn wait_for_deliveries(
-    stats: &Stats,
-    recipients: u64,
-    deadline: std::time::Instant,
-) {
-    while std::time::Instant::now() < deadline {
-        let counts = stats.counts();
-        if counts.delivered >= counts.accepted * recipients {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
