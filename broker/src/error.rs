@@ -1,8 +1,6 @@
 //! The broker's one error enum. Errors that reach a client are not these:
 //! they are `parley_chat_logic::ChatError`s with a stable `ErrorCode`.
 
-use std::path::PathBuf;
-
 use crate::config::ConfigError;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,8 +15,6 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the data directory {0} is in use by a running broker; use the HTTP API instead")]
-    DataDirLocked(PathBuf),
     #[error("invalid user id {0:?}: 1 to 64 characters of A-Z a-z 0-9 _ -")]
     InvalidUserId(String),
     #[error("user {0:?} already exists")]

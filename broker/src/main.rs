@@ -106,8 +106,10 @@ impl ServeArgs {
 enum UserCommand {
     /// Create a user account.
     Add {
-        /// The user id: 1 to 64 characters of A-Z a-z 0-9 _ -.
-        user: String,
+        /// The user ids: 1 to 64 characters of A-Z a-z 0-9 _ - each
+        /// (several at once, all with the same password, e.g. for load tests).
+        #[arg(required = true, value_name = "USER_ID")]
+        users: Vec<String>,
         #[arg(long)]
         password: String,
         #[command(flatten)]
@@ -256,13 +258,15 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
     let env = process_env();
     match command {
         UserCommand::Add {
-            user,
+            users,
             password,
             config,
         } => {
             let store = open_store(&config, &env)?;
-            accounts::add_user(&store, &user, &password)?;
-            println!("created user {user}");
+            for user in users {
+                accounts::add_user(&store, &user, &password)?;
+                println!("created user {user}");
+            }
         }
         UserCommand::List { config } => {
             let store = open_store(&config, &env)?;
@@ -374,7 +378,7 @@ mod tests {
             "/d",
         ]);
         let Command::User(UserCommand::Add {
-            user,
+            users,
             password,
             config,
         }) = cli.command
@@ -382,7 +386,7 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (user.as_str(), password.as_str(), config.data_dir.as_deref()),
+            (users.join(",").as_str(), password.as_str(), config.data_dir.as_deref()),
             ("alice", "pw", Some("/d"))
         );
         assert!(matches!(

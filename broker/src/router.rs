@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Capacity of each device's live queue.
 pub const DEVICE_QUEUE: usize = 256;
@@ -33,12 +33,19 @@ pub struct DeviceLink {
     pub live: mpsc::Receiver<LiveEnvelope>,
     /// Cancelled when another connection takes over the same client id.
     pub taken_over: CancellationToken,
+    /// The connection this one replaced, if it was still registered: cancelled
+    /// once it has finished (its session saved). Wait for it before opening
+    /// the session, so the two never write the session record concurrently.
+    pub predecessor: Option<CancellationToken>,
+    /// Tells a successor this connection has finished, when dropped.
+    _finished: DropGuard,
 }
 
 struct Device {
     conn_id: u64,
     live: mpsc::Sender<LiveEnvelope>,
     taken_over: CancellationToken,
+    finished: CancellationToken,
 }
 
 #[derive(Default)]
@@ -65,10 +72,12 @@ impl Router {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
         let (live_tx, live_rx) = mpsc::channel(DEVICE_QUEUE);
         let taken_over = CancellationToken::new();
+        let finished = CancellationToken::new();
         let entry = Device {
             conn_id,
             live: live_tx,
             taken_over: taken_over.clone(),
+            finished: finished.clone(),
         };
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
         let previous = users
@@ -76,13 +85,16 @@ impl Router {
             .or_default()
             .devices
             .insert(device.to_owned(), entry);
-        if let Some(previous) = previous {
+        let predecessor = previous.map(|previous| {
             previous.taken_over.cancel();
-        }
+            previous.finished
+        });
         DeviceLink {
             conn_id,
             live: live_rx,
             taken_over,
+            predecessor,
+            _finished: finished.drop_guard(),
         }
     }
 
@@ -182,7 +194,12 @@ mod tests {
         let second = router.register("alice", "phone");
         assert!(first.taken_over.is_cancelled());
         assert!(!second.taken_over.is_cancelled());
-        router.unregister("alice", "phone", first.conn_id);
+        let predecessor = second.predecessor.clone().expect("first was registered");
+        assert!(!predecessor.is_cancelled());
+        let first_id = first.conn_id;
+        drop(first);
+        assert!(predecessor.is_cancelled(), "dropping a link tells its successor");
+        router.unregister("alice", "phone", first_id);
         assert!(router.is_connected("alice"), "stale unregister must not remove the successor");
         router.unregister("alice", "phone", second.conn_id);
         assert!(!router.is_connected("alice"));

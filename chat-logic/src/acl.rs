@@ -45,9 +45,10 @@ pub fn classify_publish(user: &str, device: &str, topic: &str) -> PublishTopic {
 }
 
 /// True only when every topic `filter` can match belongs to `user`:
-/// `inbox/{user}`, `reply/{user}/+` or one device, `presence/+/{user}` or one
-/// subject. Invalid filters, `#` anywhere (it matches unboundedly deep
-/// topics), `$share/...`, `$SYS/...` and other users' topics are refused.
+/// `inbox/{user}`, `reply/{user}/+` (or `/#`, or one device),
+/// `presence/+/{user}` or one subject. Invalid filters, `#` anywhere else
+/// (it could reach other users' topics), `$share/...`, `$SYS/...` and other
+/// users' topics are refused.
 pub fn may_subscribe(user: &str, filter: &str) -> bool {
     if !ids::is_valid_id(user) || !is_valid_filter(filter) {
         return false;
@@ -55,7 +56,7 @@ pub fn may_subscribe(user: &str, filter: &str) -> bool {
     let levels: Vec<&str> = filter.split('/').collect();
     match levels.as_slice() {
         ["inbox", owner] => *owner == user,
-        ["reply", owner, device] => *owner == user && *device != "#",
+        ["reply", owner, _device] => *owner == user,
         ["presence", subject, observer] => *observer == user && *subject != "#",
         _ => false,
     }

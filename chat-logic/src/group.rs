@@ -210,7 +210,7 @@ fn rebuild(group: &Group, members: Vec<String>) -> Option<Group> {
     let owner = if members.contains(&group.owner) {
         group.owner.clone()
     } else {
-        group.owner.clone()
+        first
     };
     Some(Group {
         id: group.id.clone(),

@@ -19,6 +19,29 @@
 //! - [`command`]: `Request` payload -> validated [`Command`].
 //! - [`group`]: create / change members / leave, as pure decisions.
 //! - [`send`]: who receives a message; who may read a channel.
+//!
+//! # Example
+//! ```
+//! use parley_chat_logic::{acl, decode_request, Command, Limits, PublishTopic};
+//! use parley_proto::v1;
+//! use prost::Message;
+//!
+//! assert_eq!(acl::classify_publish("alice", "phone", "req/alice/phone"), PublishTopic::Request);
+//! let sync = v1::Sync { after_inbox_seq: 7, limit: 0 };
+//! let payload = v1::Request {
+//!     request_id: "r1".into(),
+//!     body: Some(v1::request::Body::Sync(sync)),
+//! }
+//! .encode_to_vec();
+//! let decoded = decode_request(&payload, &Limits::default());
+//! assert_eq!(decoded.request_id, "r1");
+//! match decoded.command {
+//!     Ok(Command::Sync(sync)) => assert_eq!((sync.after_inbox_seq, sync.limit), (7, 100)),
+//!     other => panic!("unexpected {other:?}"),
+//! }
+//! ```
+
+#![warn(missing_docs)]
 
 pub mod acl;
 pub mod channel;

@@ -341,6 +341,19 @@ mod tests {
     }
 
     #[test]
+    fn command_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let help = Cli::command()
+            .find_subcommand_mut("send")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(help.contains("--broker"), "{help}");
+        assert!(help.contains("PARLEY_PASSWORD"), "{help}");
+    }
+
+    #[test]
     fn send_takes_channel_text_and_defaults() {
         let cmd = parse(&[
             "send",

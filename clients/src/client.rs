@@ -75,6 +75,8 @@ impl Client {
         let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options(), channel_capacity);
         let mut network = NetworkOptions::new();
         network.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
+        // small request publishes must not wait for delayed ACKs (~40 ms)
+        network.set_tcp_nodelay(true);
         eventloop.set_network_options(network);
 
         let (connack_tx, connack_rx) = oneshot::channel();

@@ -18,20 +18,49 @@ fn check(data: &[u8], limits: &Limits) {
     match command {
         Command::Send(send) => {
             assert!(!send.text.is_empty(), "empty text accepted");
-            assert!(send.text.chars().count() <= limits.max_text_chars, "text over the limit accepted");
-            assert!(send.client_msg_id.len() <= limits.max_client_msg_id_bytes, "long client_msg_id accepted");
+            assert!(
+                send.text.chars().count() <= limits.max_text_chars,
+                "text over the limit accepted"
+            );
+            assert!(
+                send.client_msg_id.len() <= limits.max_client_msg_id_bytes,
+                "long client_msg_id accepted"
+            );
         }
-        Command::Sync(sync) => assert!((1..=limits.max_sync_limit).contains(&sync.limit), "sync limit {}", sync.limit),
+        Command::Sync(sync) => assert!(
+            (1..=limits.max_sync_limit).contains(&sync.limit),
+            "sync limit {}",
+            sync.limit
+        ),
         Command::History(history) => {
-            assert!((1..=limits.max_history_limit).contains(&history.limit), "history limit {}", history.limit)
+            assert!(
+                (1..=limits.max_history_limit).contains(&history.limit),
+                "history limit {}",
+                history.limit
+            )
         }
         Command::CreateGroup(create) => {
-            assert!(create.name.chars().count() <= limits.max_group_name_chars, "long group name accepted");
-            assert!(create.members.windows(2).all(|w| w[0] < w[1]), "members not sorted and unique");
+            assert!(
+                create.name.chars().count() <= limits.max_group_name_chars,
+                "long group name accepted"
+            );
+            assert!(
+                create.members.windows(2).all(|w| w[0] < w[1]),
+                "members not sorted and unique"
+            );
         }
         Command::ChangeMembers(change) => {
-            assert!(!change.add.is_empty() || !change.remove.is_empty(), "empty change accepted");
-            assert!(change.add.iter().all(|u| change.remove.binary_search(u).is_err()), "user added and removed");
+            assert!(
+                !change.add.is_empty() || !change.remove.is_empty(),
+                "empty change accepted"
+            );
+            assert!(
+                change
+                    .add
+                    .iter()
+                    .all(|u| change.remove.binary_search(u).is_err()),
+                "user added and removed"
+            );
         }
         Command::LeaveGroup(_) | Command::Unsupported(_) => {}
     }

@@ -28,7 +28,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ledger::{Acked, Attempt, Rng, SharedLedger};
-use parley_tests::{direct_channel, eventually, group_channel, with_store_blocking, Client, ClientError, ClientOptions, WAIT};
+use parley_tests::{
+    direct_channel, eventually, group_channel, with_store_blocking, Client, ClientError,
+    ClientOptions, WAIT,
+};
 use process::BrokerProcess;
 
 const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
@@ -47,12 +50,20 @@ fn password(user: &str) -> String {
 
 fn env_number(name: &str) -> Option<u64> {
     let value = std::env::var(name).ok()?;
-    Some(value.trim().parse().unwrap_or_else(|_| panic!("{name}={value:?} is not a number")))
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
 }
 
 /// Every channel of the run with its members: the group and each dm pair.
 fn channels() -> Vec<(String, Vec<String>)> {
-    let mut channels = vec![(group_channel(GROUP), USERS.iter().map(|u| u.to_string()).collect())];
+    let mut channels = vec![(
+        group_channel(GROUP),
+        USERS.iter().map(|u| u.to_string()).collect(),
+    )];
     for (i, a) in USERS.iter().enumerate() {
         for b in &USERS[i + 1..] {
             channels.push((direct_channel(a, b), vec![a.to_string(), b.to_string()]));
@@ -67,7 +78,11 @@ struct LogOnPanic(PathBuf);
 impl Drop for LogOnPanic {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- end of the broker log {} ---\n{}", self.0.display(), process::log_tail(&self.0, 60));
+            eprintln!(
+                "--- end of the broker log {} ---\n{}",
+                self.0.display(),
+                process::log_tail(&self.0, 60)
+            );
         }
     }
 }
@@ -76,11 +91,18 @@ impl Drop for LogOnPanic {
 async fn acked_messages_survive_sigkill_exactly_once_and_retries_never_duplicate() {
     let kills = env_number("PARLEY_CRASH_KILLS").map_or(DEFAULT_KILLS, |n| n as usize);
     let seed = env_number("PARLEY_CRASH_SEED").unwrap_or_else(|| {
-        SystemTime::now().duration_since(UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
     });
-    println!("crash test: {kills} kills, seed {seed} (PARLEY_CRASH_SEED={seed} replays its choices)");
+    println!(
+        "crash test: {kills} kills, seed {seed} (PARLEY_CRASH_SEED={seed} replays its choices)"
+    );
     let binary = process::parley_binary();
-    let dir = tempfile::Builder::new().prefix("parley-crash-").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("parley-crash-")
+        .tempdir()
+        .expect("temp dir");
     let data_dir = dir.path().join("data");
     let log = dir.path().join("broker.log");
     let _log_on_panic = LogOnPanic(log.clone());
@@ -148,7 +170,9 @@ async fn load_then_kill(broker: BrokerProcess, round: usize, rng: &mut Rng, ledg
     broker.kill().await;
     for task in tasks {
         match tokio::time::timeout(WAIT, task).await {
-            Err(_) => panic!("round {round}: a client task did not notice the kill within {WAIT:?}"),
+            Err(_) => {
+                panic!("round {round}: a client task did not notice the kill within {WAIT:?}")
+            }
             Ok(Err(error)) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Ok(Err(error)) => panic!("round {round}: client task failed: {error}"),
             Ok(Ok(())) => {}
@@ -199,12 +223,19 @@ impl Sender {
             let Some(ack) = self.send(&attempt).await else {
                 return;
             };
-            assert!(!ack.duplicate, "a fresh client_msg_id was answered as a duplicate: {attempt:?} {ack:?}");
-            let got = Acked { seq: ack.seq, ts_ms: ack.ts_ms };
+            assert!(
+                !ack.duplicate,
+                "a fresh client_msg_id was answered as a duplicate: {attempt:?} {ack:?}"
+            );
+            let got = Acked {
+                seq: ack.seq,
+                ts_ms: ack.ts_ms,
+            };
             self.ledger.acked(index, got);
             acked.push((attempt, got));
             if self.rng.below(RETRY_ONE_IN) == 0 {
-                let (earlier, original) = acked[self.rng.below(acked.len() as u64) as usize].clone();
+                let (earlier, original) =
+                    acked[self.rng.below(acked.len() as u64) as usize].clone();
                 let Some(retry) = self.send(&earlier).await else {
                     return;
                 };
@@ -238,7 +269,11 @@ impl Sender {
                 assert_eq!(ack.channel, attempt.channel, "Ack for another channel");
                 Some(ack)
             }
-            Err(ClientError::Disconnected | ClientError::Connection(_) | ClientError::Timeout { .. }) => None,
+            Err(
+                ClientError::Disconnected
+                | ClientError::Connection(_)
+                | ClientError::Timeout { .. },
+            ) => None,
             Err(error) => panic!("{attempt:?} refused by the broker: {error}"),
         }
     }
@@ -264,8 +299,12 @@ async fn verify_after_crashes(
     }
 
     // Re-send every send that was in flight at a kill, twice.
-    let mut next_seq: HashMap<String, u64> = read.iter().map(|(c, m)| (c.clone(), m.len() as u64 + 1)).collect();
-    let in_flight: Vec<&(usize, Attempt)> = attempts.iter().filter(|(_, a)| a.acked.is_none()).collect();
+    let mut next_seq: HashMap<String, u64> = read
+        .iter()
+        .map(|(c, m)| (c.clone(), m.len() as u64 + 1))
+        .collect();
+    let in_flight: Vec<&(usize, Attempt)> =
+        attempts.iter().filter(|(_, a)| a.acked.is_none()).collect();
     for (index, attempt) in &in_flight {
         let client = &readers[&attempt.sender];
         let stored = verify::find(&read, attempt);
@@ -296,7 +335,13 @@ async fn verify_after_crashes(
             again.duplicate && again.seq == ack.seq && again.ts_ms == ack.ts_ms,
             "second re-send of {attempt:?}: {again:?} after {ack:?}"
         );
-        ledger.acked(*index, Acked { seq: ack.seq, ts_ms: ack.ts_ms });
+        ledger.acked(
+            *index,
+            Acked {
+                seq: ack.seq,
+                ts_ms: ack.ts_ms,
+            },
+        );
     }
 
     // Now every attempt is acked: each is stored exactly once.

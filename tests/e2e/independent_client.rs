@@ -54,7 +54,18 @@ fn text(output: &Output) -> String {
 fn base_args(broker: &TestBroker, version: &str, client_id: &str, user: &str) -> Vec<String> {
     let port = broker.mqtt_addr().port().to_string();
     [
-        "-h", "127.0.0.1", "-p", &port, "-V", version, "-i", client_id, "-u", user, "-P", &broker.password(user),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        version,
+        "-i",
+        client_id,
+        "-u",
+        user,
+        "-P",
+        &broker.password(user),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -62,7 +73,10 @@ fn base_args(broker: &TestBroker, version: &str, client_id: &str, user: &str) ->
 }
 
 fn args(base: &[String], more: &[&str]) -> Vec<String> {
-    base.iter().cloned().chain(more.iter().map(|s| s.to_string())).collect()
+    base.iter()
+        .cloned()
+        .chain(more.iter().map(|s| s.to_string()))
+        .collect()
 }
 
 /// The envelopes printed as `inbox/alice <hex>` lines.
@@ -87,21 +101,41 @@ async fn subscribe_and_receive(version: &str, refused: u8, session: &[&str]) {
     let base = base_args(&broker, version, "alice:cli", "alice");
 
     // `#` alone: every filter refused.
-    let only_wildcard = run("mosquitto_sub", &args(&base, &["-d", "-q", "1", "-t", "#", "-W", "5"])).await;
+    let only_wildcard = run(
+        "mosquitto_sub",
+        &args(&base, &["-d", "-q", "1", "-t", "#", "-W", "5"]),
+    )
+    .await;
     let out = text(&only_wildcard);
-    assert!(out.contains(&format!("Subscribed (mid: 1): {refused}")), "SUBACK {refused} for #:\n{out}");
-    assert!(out.contains("All subscription requests were denied"), "mosquitto_sub reports the refusal:\n{out}");
+    assert!(
+        out.contains(&format!("Subscribed (mid: 1): {refused}")),
+        "SUBACK {refused} for #:\n{out}"
+    );
+    assert!(
+        out.contains("All subscription requests were denied"),
+        "mosquitto_sub reports the refusal:\n{out}"
+    );
 
     // inbox/alice granted (QoS 1), `#` refused, in one SUBSCRIBE; the durable
     // session is created and mosquitto_sub exits after the SUBACK (-E).
     let first = run(
         "mosquitto_sub",
-        &args(&base, &[&["-d", "-q", "1", "-t", "inbox/alice", "-t", "#", "-E"][..], session].concat()),
+        &args(
+            &base,
+            &[
+                &["-d", "-q", "1", "-t", "inbox/alice", "-t", "#", "-E"][..],
+                session,
+            ]
+            .concat(),
+        ),
     )
     .await;
     let out = text(&first);
     assert!(first.status.success(), "{out}");
-    assert!(out.contains(&format!("Subscribed (mid: 1): 1, {refused}")), "SUBACK 1 and {refused}:\n{out}");
+    assert!(
+        out.contains(&format!("Subscribed (mid: 1): 1, {refused}")),
+        "SUBACK 1 and {refused}:\n{out}"
+    );
 
     // bob (SDK) writes while mosquitto_sub is away, and again while it is
     // back: the durable session delivers both, in order.
@@ -109,20 +143,50 @@ async fn subscribe_and_receive(version: &str, refused: u8, session: &[&str]) {
     let dm = direct_channel("alice", "bob");
     bob.send(&dm, "hello mosquitto").await.expect("bob sends");
     let receiver = {
-        let args = args(&base, &[&["-q", "1", "-t", "inbox/alice", "-C", "2", "-W", "10", "-F", "%t %x"][..], session].concat());
+        let args = args(
+            &base,
+            &[
+                &[
+                    "-q",
+                    "1",
+                    "-t",
+                    "inbox/alice",
+                    "-C",
+                    "2",
+                    "-W",
+                    "10",
+                    "-F",
+                    "%t %x",
+                ][..],
+                session,
+            ]
+            .concat(),
+        );
         tokio::spawn(async move { run("mosquitto_sub", &args).await })
     };
-    bob.send(&dm, "and once more").await.expect("bob sends again");
+    bob.send(&dm, "and once more")
+        .await
+        .expect("bob sends again");
     let received = receiver.await.expect("mosquitto_sub task");
     let out = text(&received);
-    assert!(received.status.success(), "mosquitto_sub got its 2 messages:\n{out}");
+    assert!(
+        received.status.success(),
+        "mosquitto_sub got its 2 messages:\n{out}"
+    );
     let envelopes = printed_envelopes(&received.stdout);
     assert_eq!(
         envelopes
             .iter()
-            .map(|e| (e.inbox_seq, message_of(e).sender.clone(), message_of(e).text.clone()))
+            .map(|e| (
+                e.inbox_seq,
+                message_of(e).sender.clone(),
+                message_of(e).text.clone()
+            ))
             .collect::<Vec<_>>(),
-        vec![(1, "bob".to_string(), "hello mosquitto".to_string()), (2, "bob".to_string(), "and once more".to_string())],
+        vec![
+            (1, "bob".to_string(), "hello mosquitto".to_string()),
+            (2, "bob".to_string(), "and once more".to_string())
+        ],
         "{out}"
     );
 }
@@ -141,17 +205,43 @@ async fn mosquitto_sub_v5_receives_its_inbox_and_sees_hash_refused_with_135() {
 async fn mosquitto_clients_are_refused_with_a_foreign_client_id_or_bad_password() {
     require("mosquitto_sub");
     let broker = TestBroker::start(USERS).await;
-    for (client_id, user, password) in [("bob:cli", "alice", "pw-alice"), ("alice:cli", "alice", "wrong")] {
+    for (client_id, user, password) in [
+        ("bob:cli", "alice", "pw-alice"),
+        ("alice:cli", "alice", "wrong"),
+    ] {
         let port = broker.mqtt_addr().port().to_string();
         let output = run(
             "mosquitto_sub",
-            &["-h", "127.0.0.1", "-p", &port, "-V", "mqttv311", "-i", client_id, "-u", user, "-P", password, "-t", "inbox/alice", "-W", "5"]
-                .map(String::from),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                "mqttv311",
+                "-i",
+                client_id,
+                "-u",
+                user,
+                "-P",
+                password,
+                "-t",
+                "inbox/alice",
+                "-W",
+                "5",
+            ]
+            .map(String::from),
         )
         .await;
         let out = text(&output);
-        assert!(!output.status.success(), "{client_id}/{password} must be refused:\n{out}");
-        assert!(out.to_lowercase().contains("not authori"), "CONNACK not authorized reported:\n{out}");
+        assert!(
+            !output.status.success(),
+            "{client_id}/{password} must be refused:\n{out}"
+        );
+        assert!(
+            out.to_lowercase().contains("not authori"),
+            "CONNACK not authorized reported:\n{out}"
+        );
     }
 }
 
@@ -168,17 +258,37 @@ async fn mosquitto_pub_requests_are_served_and_forbidden_publishes_dropped() {
     let forged = dir.path().join("forged.bin");
     let envelope = Envelope {
         inbox_seq: 1,
-        body: Some(parley_proto::v1::envelope::Body::Message(parley_proto::v1::ChatMessage {
-            channel: dm.clone(),
-            seq: 1,
-            sender: "alice".into(),
-            text: "forged by mosquitto_pub".into(),
-            ..Default::default()
-        })),
+        body: Some(parley_proto::v1::envelope::Body::Message(
+            parley_proto::v1::ChatMessage {
+                channel: dm.clone(),
+                seq: 1,
+                sender: "alice".into(),
+                text: "forged by mosquitto_pub".into(),
+                ..Default::default()
+            },
+        )),
     };
     std::fs::write(&forged, envelope.encode_to_vec()).expect("write payload");
-    let output = run("mosquitto_pub", &args(&base, &["-q", "1", "-t", "inbox/bob", "-f", forged.to_str().expect("path")])).await;
-    assert!(output.status.success(), "the broker acknowledges and drops it:\n{}", text(&output));
+    let output = run(
+        "mosquitto_pub",
+        &args(
+            &base,
+            &[
+                "-q",
+                "1",
+                "-t",
+                "inbox/bob",
+                "-f",
+                forged.to_str().expect("path"),
+            ],
+        ),
+    )
+    .await;
+    assert!(
+        output.status.success(),
+        "the broker acknowledges and drops it:\n{}",
+        text(&output)
+    );
 
     // A real request on alice's own request topic: served.
     let request = dir.path().join("request.bin");
@@ -187,12 +297,32 @@ async fn mosquitto_pub_requests_are_served_and_forbidden_publishes_dropped() {
         body: Some(wire::send(&dm, "cli-msg-1", "sent with mosquitto_pub")),
     };
     std::fs::write(&request, payload.encode_to_vec()).expect("write payload");
-    let output = run("mosquitto_pub", &args(&base, &["-q", "1", "-t", "req/alice/cli", "-f", request.to_str().expect("path")])).await;
+    let output = run(
+        "mosquitto_pub",
+        &args(
+            &base,
+            &[
+                "-q",
+                "1",
+                "-t",
+                "req/alice/cli",
+                "-f",
+                request.to_str().expect("path"),
+            ],
+        ),
+    )
+    .await;
     assert!(output.status.success(), "{}", text(&output));
 
     let got = collect_messages(&bob, 1, WAIT).await;
     assert_eq!(
-        (got[0].0, got[0].1.seq, got[0].1.sender.as_str(), got[0].1.text.as_str(), got[0].1.client_msg_id.as_str()),
+        (
+            got[0].0,
+            got[0].1.seq,
+            got[0].1.sender.as_str(),
+            got[0].1.text.as_str(),
+            got[0].1.client_msg_id.as_str()
+        ),
         (1, 1, "alice", "sent with mosquitto_pub", "cli-msg-1"),
         "bob's first envelope is the request's message, not the forged one"
     );

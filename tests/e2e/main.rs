@@ -15,6 +15,7 @@ mod direct;
 mod errors;
 mod groups;
 mod independent_client;
+mod limits;
 mod reads;
 mod restart;
 mod sessions;

@@ -27,13 +27,21 @@ macro_rules! collect_raw {
         while seqs.len() < $n {
             let left = deadline.saturating_duration_since(Instant::now());
             let Some(envelope) = $raw.next_envelope(left).await else {
-                panic!("expected {} envelopes, got {seqs:?} (closed: {})", $n, $raw.is_closed());
+                panic!(
+                    "expected {} envelopes, got {seqs:?} (closed: {})",
+                    $n,
+                    $raw.is_closed()
+                );
             };
             if seqs.contains(&envelope.inbox_seq) {
                 continue; // at-least-once: a repeat is allowed
             }
             if let Some(last) = seqs.last() {
-                assert!(envelope.inbox_seq > *last, "out of order: {} after {seqs:?}", envelope.inbox_seq);
+                assert!(
+                    envelope.inbox_seq > *last,
+                    "out of order: {} after {seqs:?}",
+                    envelope.inbox_seq
+                );
             }
             seqs.push(envelope.inbox_seq);
             texts.push(message_of(&envelope).text.clone());
@@ -65,7 +73,10 @@ async fn a_durable_v4_session_gets_missed_messages_in_order_without_resubscribin
     send_texts(&broker, &["m2", "m3", "m4"]).await;
 
     let mut bob = broker.raw_v4("bob", "phone", false).await;
-    assert!(bob.session_present, "CONNACK session present = 1 for a durable session");
+    assert!(
+        bob.session_present,
+        "CONNACK session present = 1 for a durable session"
+    );
     // No SUBSCRIBE: the session's subscriptions were kept.
     let (seqs, texts) = collect_raw!(bob, 3);
     assert_eq!(seqs, vec![2, 3, 4]);
@@ -82,7 +93,10 @@ async fn a_durable_v4_session_gets_missed_messages_in_order_without_resubscribin
     assert!(!clean.session_present);
     clean.disconnect().await;
     let bob = broker.raw_v4("bob", "phone", false).await;
-    assert!(!bob.session_present, "the clean connect discarded the durable session");
+    assert!(
+        !bob.session_present,
+        "the clean connect discarded the durable session"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -97,10 +111,16 @@ async fn a_durable_session_is_replayed_after_a_broker_restart() {
     send_texts(&broker, &["after restart"]).await;
 
     let mut bob = broker.raw_v4("bob", "phone", false).await;
-    assert!(bob.session_present, "the durable session survived the restart");
+    assert!(
+        bob.session_present,
+        "the durable session survived the restart"
+    );
     let (seqs, texts) = collect_raw!(bob, 3);
     assert_eq!(seqs, vec![1, 2, 3]);
-    assert_eq!(texts, vec!["before restart 1", "before restart 2", "after restart"]);
+    assert_eq!(
+        texts,
+        vec!["before restart 1", "before restart 2", "after restart"]
+    );
 
     // The acknowledged cursor survives too: after another restart only new
     // envelopes come (at-least-once allows repeats, so drop seen ones).
@@ -110,7 +130,10 @@ async fn a_durable_session_is_replayed_after_a_broker_restart() {
     let mut bob = broker.raw_v4("bob", "phone", false).await;
     assert!(bob.session_present);
     let (seqs, texts) = loop {
-        let envelope = bob.next_envelope(WAIT).await.expect("an envelope after the second restart");
+        let envelope = bob
+            .next_envelope(WAIT)
+            .await
+            .expect("an envelope after the second restart");
         if envelope.inbox_seq <= 3 {
             continue;
         }
@@ -130,7 +153,10 @@ async fn an_mqtt5_session_with_expiry_is_durable_like_clean_session_off() {
     send_texts(&broker, &["v5 one", "v5 two", "v5 three"]).await;
 
     let mut bob = broker.raw_v5("bob", "phone", Some(3600)).await;
-    assert!(bob.session_present, "MQTT 5 session expiry > 0 keeps the session");
+    assert!(
+        bob.session_present,
+        "MQTT 5 session expiry > 0 keeps the session"
+    );
     let (seqs, texts) = collect_raw!(bob, 3);
     assert_eq!(seqs, vec![1, 2, 3]);
     assert_eq!(texts, vec!["v5 one", "v5 two", "v5 three"]);
@@ -141,12 +167,18 @@ async fn an_mqtt5_session_with_expiry_is_durable_like_clean_session_off() {
     let mut bob = broker.raw_v5("bob", "phone", Some(3600)).await;
     assert!(bob.session_present, "and it survives a restart");
     let envelope = loop {
-        let envelope = bob.next_envelope(WAIT).await.expect("the envelope sent during the restart");
+        let envelope = bob
+            .next_envelope(WAIT)
+            .await
+            .expect("the envelope sent during the restart");
         if envelope.inbox_seq > 3 {
             break envelope;
         }
     };
-    assert_eq!((envelope.inbox_seq, message_of(&envelope).text.as_str()), (4, "v5 after restart"));
+    assert_eq!(
+        (envelope.inbox_seq, message_of(&envelope).text.as_str()),
+        (4, "v5 after restart")
+    );
     bob.disconnect().await;
 
     // Session expiry 0 (and clean start) is a clean session: nothing kept.
@@ -162,10 +194,12 @@ macro_rules! drain_with_window {
         let mut received: Vec<u64> = Vec::new();
         let mut max_outstanding = 0;
         while received.len() < $total {
-            let publish = $raw
-                .next_inbox_publish(WAIT)
-                .await
-                .unwrap_or_else(|| panic!("stalled after {received:?} with {} unacked", outstanding.len()));
+            let publish = $raw.next_inbox_publish(WAIT).await.unwrap_or_else(|| {
+                panic!(
+                    "stalled after {received:?} with {} unacked",
+                    outstanding.len()
+                )
+            });
             let envelope = Envelope::decode(publish.payload.as_ref()).expect("an envelope");
             if let Some(last) = received.last() {
                 assert_eq!(envelope.inbox_seq, last + 1, "in order, no gap");
@@ -183,7 +217,10 @@ macro_rules! drain_with_window {
                 // The window is full: nothing more may come until we ack.
                 if let Some(extra) = $raw.next_inbox_publish(QUIET).await {
                     let envelope = Envelope::decode(extra.payload.as_ref()).expect("an envelope");
-                    panic!("inbox_seq {} sent while {} publishes were unacked (window {})", envelope.inbox_seq, $window, $window);
+                    panic!(
+                        "inbox_seq {} sent while {} publishes were unacked (window {})",
+                        envelope.inbox_seq, $window, $window
+                    );
                 }
                 for publish in outstanding.drain(..) {
                     $raw.ack(&publish).await;
@@ -203,17 +240,26 @@ async fn mqtt5_receive_maximum_bounds_the_unacked_inbox_publishes() {
     let broker = TestBroker::start(USERS).await;
     let options = || {
         let mut opts = broker.v5_options("bob", "phone", Some(3600));
-        opts.set_receive_maximum(Some(RECEIVE_MAX as u16)).set_manual_acks(true);
+        opts.set_receive_maximum(Some(RECEIVE_MAX as u16))
+            .set_manual_acks(true);
         opts
     };
-    let mut bob = RawV5::connect(options(), "bob", "phone").await.expect("connect");
+    let mut bob = RawV5::connect(options(), "bob", "phone")
+        .await
+        .expect("connect");
     bob.subscribe_own().await;
     bob.disconnect().await;
 
     let texts: Vec<String> = (1..=10).map(|i| format!("burst {i}")).collect();
-    send_texts(&broker, &texts.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    send_texts(
+        &broker,
+        &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
 
-    let mut bob = RawV5::connect(options(), "bob", "phone").await.expect("reconnect");
+    let mut bob = RawV5::connect(options(), "bob", "phone")
+        .await
+        .expect("reconnect");
     assert!(bob.session_present);
     let (received, max_outstanding) = drain_with_window!(bob, 10, RECEIVE_MAX);
     assert_eq!(received, (1..=10).collect::<Vec<u64>>());
@@ -233,14 +279,22 @@ async fn the_configured_inflight_window_bounds_v4_deliveries() {
         opts.set_manual_acks(true);
         opts
     };
-    let mut bob = RawV4::connect(options(), "bob", "phone").await.expect("connect");
+    let mut bob = RawV4::connect(options(), "bob", "phone")
+        .await
+        .expect("connect");
     bob.subscribe_own().await;
     bob.disconnect().await;
 
     let texts: Vec<String> = (1..=9).map(|i| format!("v4 burst {i}")).collect();
-    send_texts(&broker, &texts.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    send_texts(
+        &broker,
+        &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
 
-    let mut bob = RawV4::connect(options(), "bob", "phone").await.expect("reconnect");
+    let mut bob = RawV4::connect(options(), "bob", "phone")
+        .await
+        .expect("reconnect");
     assert!(bob.session_present);
     let (received, max_outstanding) = drain_with_window!(bob, 9, WINDOW);
     assert_eq!(received, (1..=9).collect::<Vec<u64>>());
@@ -263,7 +317,10 @@ async fn a_clean_session_gets_live_traffic_only_and_catches_up_with_sync() {
     assert!(!bob.session_present, "a clean session is never present");
     bob.subscribe_own().await;
     send_texts(&broker, &["live 4"]).await;
-    let envelope = bob.next_envelope(WAIT).await.expect("live delivery after reconnect");
+    let envelope = bob
+        .next_envelope(WAIT)
+        .await
+        .expect("live delivery after reconnect");
     assert_eq!(
         (envelope.inbox_seq, message_of(&envelope).text.as_str()),
         (4, "live 4"),
@@ -272,21 +329,38 @@ async fn a_clean_session_gets_live_traffic_only_and_catches_up_with_sync() {
 
     // What was missed comes with Sync from the remembered inbox_seq.
     let reply = bob
-        .request(parley_proto::v1::request::Body::Sync(parley_proto::v1::Sync { after_inbox_seq: 1, limit: 0 }))
+        .request(parley_proto::v1::request::Body::Sync(
+            parley_proto::v1::Sync {
+                after_inbox_seq: 1,
+                limit: 0,
+            },
+        ))
         .await;
     let Some(parley_proto::v1::reply::Body::SyncPage(page)) = reply.body else {
         panic!("expected a SyncPage, got {reply:?}");
     };
-    assert_eq!(page.events.iter().map(|e| e.inbox_seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(
+        page.events.iter().map(|e| e.inbox_seq).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     assert_eq!(message_of(&page.events[0]).text, "missed 2");
     assert!(!page.more);
 
     // A clean connection that never subscribed gets nothing at all.
     let mut silent = broker.raw_v4("bob", "tablet", true).await;
     send_texts(&broker, &["live 5"]).await;
-    let envelope = bob.next_envelope(WAIT).await.expect("the subscribed device gets live 5");
+    let envelope = bob
+        .next_envelope(WAIT)
+        .await
+        .expect("the subscribed device gets live 5");
     assert_eq!(envelope.inbox_seq, 5);
-    assert!(silent.next_publish_on(&topics::inbox("bob"), QUIET).await.is_none(), "no subscription, no delivery");
+    assert!(
+        silent
+            .next_publish_on(&topics::inbox("bob"), QUIET)
+            .await
+            .is_none(),
+        "no subscription, no delivery"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,10 +373,15 @@ async fn the_sdk_with_clean_session_off_resumes_its_session() {
     send_texts(&broker, &["for the laptop 1", "for the laptop 2"]).await;
 
     let bob = broker.durable_client("bob", "laptop").await;
-    assert!(bob.session_present(), "the SDK sees CONNACK session present");
+    assert!(
+        bob.session_present(),
+        "the SDK sees CONNACK session present"
+    );
     let got = parley_tests::collect_messages(&bob, 2, WAIT).await;
     assert_eq!(
-        got.iter().map(|(i, m)| (*i, m.text.as_str())).collect::<Vec<_>>(),
+        got.iter()
+            .map(|(i, m)| (*i, m.text.as_str()))
+            .collect::<Vec<_>>(),
         vec![(1, "for the laptop 1"), (2, "for the laptop 2")]
     );
 }

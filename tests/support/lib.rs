@@ -33,7 +33,9 @@ use tempfile::TempDir;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use parley_client::{direct_channel, group_channel, Client, ClientError, ClientOptions, Transport};
+pub use parley_client::{
+    direct_channel, group_channel, Client, ClientError, ClientOptions, Transport,
+};
 pub use parley_proto::v1;
 pub use raw::{RawV4, RawV5};
 
@@ -60,19 +62,25 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A change to the broker's configuration, applied before it starts.
+type ConfigTweak = Box<dyn FnOnce(&mut Config) + Send>;
+
 /// What a [`TestBroker`] starts with; see [`TestBroker::builder`].
 #[derive(Default)]
 pub struct Builder {
     users: Vec<(String, String)>,
     bulk: Vec<(String, String)>,
-    tweaks: Vec<Box<dyn FnOnce(&mut Config) + Send>>,
+    tweaks: Vec<ConfigTweak>,
 }
 
 impl Builder {
     /// Accounts created with `accounts::add_user` (one argon2 hash each).
     pub fn users(mut self, users: &[(&str, &str)]) -> Self {
-        self.users
-            .extend(users.iter().map(|(id, pw)| (id.to_string(), pw.to_string())));
+        self.users.extend(
+            users
+                .iter()
+                .map(|(id, pw)| (id.to_string(), pw.to_string())),
+        );
         self
     }
 
@@ -276,14 +284,36 @@ impl TestBroker {
     }
 
     /// rumqttc 3.1.1 options for `{user}:{device}` with the harness's password.
-    pub fn v4_options(&self, user: &str, device: &str, clean_session: bool) -> rumqttc::MqttOptions {
-        raw::v4_options(self.mqtt_addr(), &format!("{user}:{device}"), user, &self.password(user), clean_session)
+    pub fn v4_options(
+        &self,
+        user: &str,
+        device: &str,
+        clean_session: bool,
+    ) -> rumqttc::MqttOptions {
+        raw::v4_options(
+            self.mqtt_addr(),
+            &format!("{user}:{device}"),
+            user,
+            &self.password(user),
+            clean_session,
+        )
     }
 
     /// rumqttc 5 options for `{user}:{device}`; `session_expiry` > 0 makes
     /// the session durable.
-    pub fn v5_options(&self, user: &str, device: &str, session_expiry: Option<u32>) -> rumqttc::v5::MqttOptions {
-        raw::v5_options(self.mqtt_addr(), &format!("{user}:{device}"), user, &self.password(user), session_expiry)
+    pub fn v5_options(
+        &self,
+        user: &str,
+        device: &str,
+        session_expiry: Option<u32>,
+    ) -> rumqttc::v5::MqttOptions {
+        raw::v5_options(
+            self.mqtt_addr(),
+            &format!("{user}:{device}"),
+            user,
+            &self.password(user),
+            session_expiry,
+        )
     }
 
     /// A connected raw 3.1.1 client (no subscriptions made).
@@ -320,15 +350,16 @@ impl TestBroker {
                     tracing::warn!(%error, "broker start failed, retrying (store still locked?)");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(error) => panic!("broker did not start on {}: {error}", self.data_dir.display()),
+                Err(error) => panic!(
+                    "broker did not start on {}: {error}",
+                    self.data_dir.display()
+                ),
             }
         }
     }
 
     fn running(&self) -> &Running {
-        self.running
-            .as_ref()
-            .expect("the test broker is stopped")
+        self.running.as_ref().expect("the test broker is stopped")
     }
 }
 
@@ -465,12 +496,19 @@ pub async fn collect_envelopes(client: &Client, n: usize, timeout: Duration) -> 
 pub fn message_of(envelope: &Envelope) -> &ChatMessage {
     match &envelope.body {
         Some(envelope::Body::Message(message)) => message,
-        other => panic!("expected a ChatMessage envelope, got {other:?} (inbox_seq {})", envelope.inbox_seq),
+        other => panic!(
+            "expected a ChatMessage envelope, got {other:?} (inbox_seq {})",
+            envelope.inbox_seq
+        ),
     }
 }
 
 /// Collects `n` envelopes that must all be chat messages: `(inbox_seq, message)`.
-pub async fn collect_messages(client: &Client, n: usize, timeout: Duration) -> Vec<(u64, ChatMessage)> {
+pub async fn collect_messages(
+    client: &Client,
+    n: usize,
+    timeout: Duration,
+) -> Vec<(u64, ChatMessage)> {
     collect_envelopes(client, n, timeout)
         .await
         .iter()
@@ -485,9 +523,16 @@ pub async fn next_message(client: &Client, timeout: Duration) -> (u64, ChatMessa
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match client.next_envelope(left).await {
-            Ok(Some(Envelope { inbox_seq, body: Some(envelope::Body::Message(m)) })) => return (inbox_seq, m),
+            Ok(Some(Envelope {
+                inbox_seq,
+                body: Some(envelope::Body::Message(m)),
+            })) => return (inbox_seq, m),
             Ok(Some(_)) => continue,
-            Ok(None) => panic!("{}:{}: no chat message within {timeout:?}", client.user(), client.device()),
+            Ok(None) => panic!(
+                "{}:{}: no chat message within {timeout:?}",
+                client.user(),
+                client.device()
+            ),
             Err(e) => panic!("{}:{}: inbox closed: {e}", client.user(), client.device()),
         }
     }
@@ -502,7 +547,11 @@ pub async fn skip_until_inbox_seq(client: &Client, upto: u64, timeout: Duration)
         match client.next_envelope(left).await {
             Ok(Some(envelope)) if envelope.inbox_seq >= upto => return,
             Ok(Some(_)) => continue,
-            Ok(None) => panic!("{}:{}: inbox_seq {upto} did not arrive within {timeout:?}", client.user(), client.device()),
+            Ok(None) => panic!(
+                "{}:{}: inbox_seq {upto} did not arrive within {timeout:?}",
+                client.user(),
+                client.device()
+            ),
             Err(e) => panic!("{}:{}: inbox closed: {e}", client.user(), client.device()),
         }
     }
@@ -531,8 +580,5 @@ pub async fn sync_all(client: &Client, after: u64) -> Vec<Envelope> {
 
 /// The last `inbox_seq` of the client's user, via `Sync` (0 for an empty inbox).
 pub async fn inbox_head(client: &Client) -> u64 {
-    sync_all(client, 0)
-        .await
-        .last()
-        .map_or(0, |e| e.inbox_seq)
+    sync_all(client, 0).await.last().map_or(0, |e| e.inbox_seq)
 }

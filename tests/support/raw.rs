@@ -24,7 +24,13 @@ use crate::WAIT;
 const MAX_PACKET: usize = 4 * 1024 * 1024;
 
 /// rumqttc 3.1.1 options: keep-alive 30 s, large packets allowed.
-pub fn v4_options(addr: SocketAddr, client_id: &str, user: &str, password: &str, clean_session: bool) -> rumqttc::MqttOptions {
+pub fn v4_options(
+    addr: SocketAddr,
+    client_id: &str,
+    user: &str,
+    password: &str,
+    clean_session: bool,
+) -> rumqttc::MqttOptions {
     let mut opts = rumqttc::MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     opts.set_credentials(user, password)
         .set_clean_session(clean_session)
@@ -51,6 +57,15 @@ pub fn v5_options(
     opts
 }
 
+/// TCP_NODELAY: without it, a request written right after a PUBACK waits
+/// for the broker's delayed ACK (Nagle), about 40 ms per request.
+fn nodelay() -> rumqttc::NetworkOptions {
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(WAIT.as_secs());
+    network
+}
+
 macro_rules! raw_client {
     (
         $(#[$doc:meta])*
@@ -64,6 +79,7 @@ macro_rules! raw_client {
         reason = $reason:ty,
         qos1 = $qos1:expr,
         new = $new:path,
+        tune = |$el:ident| $tune:expr,
         connack = $connack:pat => $present:expr,
         suback = $suback:pat => $codes:expr,
         incoming_publish = $inpub:pat => $pubval:expr,
@@ -90,6 +106,10 @@ macro_rules! raw_client {
             /// Connects and waits for the CONNACK; a refusal is the error.
             pub async fn connect(opts: $options, user: &str, device: &str) -> Result<Self, $error> {
                 let (client, mut eventloop): ($client, $eventloop) = $new(opts, 1000);
+                {
+                    let $el = &mut eventloop;
+                    $tune;
+                }
                 let deadline = Instant::now() + WAIT;
                 let session_present = loop {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -322,6 +342,7 @@ raw_client! {
     reason = rumqttc::SubscribeReasonCode,
     qos1 = rumqttc::QoS::AtLeastOnce,
     new = rumqttc::AsyncClient::new,
+    tune = |eventloop| eventloop.set_network_options(nodelay()),
     connack = rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack)) => ack.session_present,
     suback = rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack)) => ack.return_codes,
     incoming_publish = rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => p,
@@ -344,6 +365,7 @@ raw_client! {
     reason = rumqttc::v5::mqttbytes::v5::SubscribeReasonCode,
     qos1 = rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
     new = rumqttc::v5::AsyncClient::new,
+    tune = |eventloop| eventloop.options.set_network_options(nodelay()),
     connack = rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::ConnAck(ack)) => ack.session_present,
     suback = rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::SubAck(ack)) => ack.return_codes,
     incoming_publish = rumqttc::v5::Event::Incoming(rumqttc::v5::Incoming::Publish(p)) => p,

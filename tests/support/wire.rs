@@ -33,7 +33,10 @@ pub fn history(channel: &str, before_seq: u64, limit: u32) -> request::Body {
 pub fn expect_ack(reply: &Reply) -> Ack {
     match &reply.body {
         Some(reply::Body::Ack(ack)) => ack.clone(),
-        other => panic!("expected an Ack, got {other:?} (request_id {:?})", reply.request_id),
+        other => panic!(
+            "expected an Ack, got {other:?} (request_id {:?})",
+            reply.request_id
+        ),
     }
 }
 
@@ -49,15 +52,27 @@ pub fn expect_error(reply: &Reply, code: ErrorCode) -> String {
                 error.message,
                 reply.request_id
             );
-            assert!(!error.message.trim().is_empty(), "error {code:?} without a human-readable message");
+            assert!(
+                !error.message.trim().is_empty(),
+                "error {code:?} without a human-readable message"
+            );
             error.message.clone()
         }
-        other => panic!("expected Error {code:?}, got {other:?} (request_id {:?})", reply.request_id),
+        other => panic!(
+            "expected Error {code:?}, got {other:?} (request_id {:?})",
+            reply.request_id
+        ),
     }
 }
 
 /// A hand-encoded MQTT 3.1.1 CONNECT with username and password.
-pub fn connect_v4(client_id: &str, user: &str, password: &str, clean_session: bool, keep_alive: u16) -> Vec<u8> {
+pub fn connect_v4(
+    client_id: &str,
+    user: &str,
+    password: &str,
+    clean_session: bool,
+    keep_alive: u16,
+) -> Vec<u8> {
     let mut body = Vec::new();
     put_str(&mut body, "MQTT");
     body.push(4); // protocol level 3.1.1

@@ -45,6 +45,8 @@ use crate::router::DeviceLink;
 pub const MAX_PENDING_REQUESTS: usize = 64;
 /// How long a write may block before the device is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new connection waits for the one it replaces to finish.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// How often at most a durable session's acked cursor is written.
 const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 
@@ -167,7 +169,11 @@ impl Connection {
     ) -> Option<Connection> {
         // Register first: envelopes committed from now on reach the live
         // queue, and the session below reads everything before them.
-        let link = shared.router.register(&client.user, &client.device);
+        let mut link = shared.router.register(&client.user, &client.device);
+        if let Some(predecessor) = link.predecessor.take() {
+            // the connection we replace saves its session first
+            let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
+        }
         let request = connect::session_request(&packet);
         let start = match open_session(&shared, &client.user, &client.device, request).await {
             Ok(start) => start,
@@ -556,14 +562,16 @@ impl Connection {
         }
         let _ = self.pump_and_flush().await;
         self.io.close().await;
-        self.shared
-            .router
-            .unregister(&self.user, &self.device, self.link.conn_id);
+        // Save before leaving the router: a successor waits for this link
+        // to be dropped (at the end of this function) before it reads the session.
         if let Some(expiry) = self.durable {
             if let Err(error) = self.session_snapshot(expiry, now_ms()).save().await {
                 tracing::error!(%error, "cannot save the session at disconnect");
             }
         }
+        self.shared
+            .router
+            .unregister(&self.user, &self.device, self.link.conn_id);
         m::connection_closed();
     }
 }

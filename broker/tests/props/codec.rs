@@ -16,9 +16,10 @@ use bytes::{Bytes, BytesMut};
 use parley_broker::mqtt::codec::{outgoing_publish, read_connect_level, Codec, FrameError, Level};
 use proptest::prelude::*;
 use rumqttd::protocol::{
-    self, Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, LastWill, Login, Packet, PingReq,
-    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel, PubRelReason, PublishProperties, QoS,
-    RetainForwardRule, Subscribe, SubscribeProperties, Unsubscribe,
+    self, Connect, ConnectProperties, Disconnect, DisconnectReasonCode, Filter, LastWill, Login,
+    Packet, PingReq, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, PubRel,
+    PubRelReason, PublishProperties, QoS, RetainForwardRule, Subscribe, SubscribeProperties,
+    Unsubscribe,
 };
 
 const BIG: usize = 1 << 20;
@@ -38,7 +39,10 @@ fn read_loop(codec: &Codec, buf: &mut BytesMut, packets: &mut Vec<Packet>) -> En
         let before = buf.clone();
         match codec.read(buf) {
             Ok(packet) => {
-                assert!(buf.len() < before.len(), "a packet was read without consuming bytes: {packet:?}");
+                assert!(
+                    buf.len() < before.len(),
+                    "a packet was read without consuming bytes: {packet:?}"
+                );
                 packets.push(packet);
             }
             Err(FrameError::Incomplete) => {
@@ -80,7 +84,10 @@ fn check_codec(level: Level, max: usize, bytes: &[u8], cuts: &[usize]) {
     let codec = Codec::new(level, max);
     let whole = read_whole(&codec, bytes);
     let chunked = read_chunked(&codec, bytes, cuts);
-    assert_eq!(whole, chunked, "{level:?}: the result depends on how the bytes were split");
+    assert_eq!(
+        whole, chunked,
+        "{level:?}: the result depends on how the bytes were split"
+    );
 }
 
 fn check_connect_level(bytes: &[u8]) {
@@ -93,7 +100,11 @@ fn check_connect_level(bytes: &[u8]) {
             (Err(a), Err(b)) => a == b,
             _ => false,
         };
-        assert!(consistent, "prefix of {cut} bytes says {partial:?}, all {} bytes say {full:?}", bytes.len());
+        assert!(
+            consistent,
+            "prefix of {cut} bytes says {partial:?}, all {} bytes say {full:?}",
+            bytes.len()
+        );
     }
 }
 
@@ -101,21 +112,25 @@ fn check_connect_level(bytes: &[u8]) {
 fn hostile_bytes() -> impl Strategy<Value = Vec<u8>> {
     let first = prop_oneof![
         any::<u8>(),
-        Just(0x10u8), // CONNECT
-        Just(0x20),   // CONNACK
+        Just(0x10u8),  // CONNECT
+        Just(0x20),    // CONNACK
         0x30u8..=0x3f, // PUBLISH with every flag
-        Just(0x40),   // PUBACK
+        Just(0x40),    // PUBACK
         Just(0x50),
-        Just(0x62),   // PUBREL
+        Just(0x62), // PUBREL
         Just(0x70),
-        Just(0x82),   // SUBSCRIBE
+        Just(0x82), // SUBSCRIBE
         Just(0x90),
-        Just(0xa2),   // UNSUBSCRIBE
-        Just(0xb0),   // UNSUBACK
-        Just(0xc0),   // PINGREQ
-        Just(0xe0),   // DISCONNECT
+        Just(0xa2), // UNSUBSCRIBE
+        Just(0xb0), // UNSUBACK
+        Just(0xc0), // PINGREQ
+        Just(0xe0), // DISCONNECT
     ];
-    let length = prop_oneof![Just(vec![]), (0u8..0x80).prop_map(|b| vec![b]), prop::collection::vec(any::<u8>(), 1..5)];
+    let length = prop_oneof![
+        Just(vec![]),
+        (0u8..0x80).prop_map(|b| vec![b]),
+        prop::collection::vec(any::<u8>(), 1..5)
+    ];
     (first, length, prop::collection::vec(any::<u8>(), 0..300)).prop_map(|(first, length, rest)| {
         let mut bytes = vec![first];
         bytes.extend(length);
@@ -133,23 +148,34 @@ fn user_properties() -> impl Strategy<Value = Vec<(String, String)>> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
+    prop_oneof![
+        Just(QoS::AtMostOnce),
+        Just(QoS::AtLeastOnce),
+        Just(QoS::ExactlyOnce)
+    ]
 }
 
 fn connect(level: Level) -> BoxedStrategy<Packet> {
-    let will = prop::option::of((short_string(), short_string(), qos(), any::<bool>())).prop_map(|w| {
-        w.map(|(topic, message, qos, retain)| LastWill {
-            topic: Bytes::from(topic),
-            message: Bytes::from(message),
-            qos,
-            retain,
-        })
-    });
-    let login = prop::option::of((short_string(), short_string()))
+    let will =
+        prop::option::of((short_string(), short_string(), qos(), any::<bool>())).prop_map(|w| {
+            w.map(|(topic, message, qos, retain)| LastWill {
+                topic: Bytes::from(topic),
+                message: Bytes::from(message),
+                qos,
+                retain,
+            })
+        });
+    // An empty username makes rumqttd write a password flag alone (invalid).
+    let login = prop::option::of(("[a-z]{1,8}", short_string()))
         .prop_map(|l| l.map(|(username, password)| Login { username, password }));
-    let properties = prop::option::of((any::<Option<u32>>(), any::<Option<u16>>(), user_properties())).prop_map(
-        |p| {
-            p.map(|(session_expiry_interval, receive_maximum, user_properties)| ConnectProperties {
+    let properties = prop::option::of((
+        any::<Option<u32>>(),
+        any::<Option<u16>>(),
+        user_properties(),
+    ))
+    .prop_map(|p| {
+        p.map(
+            |(session_expiry_interval, receive_maximum, user_properties)| ConnectProperties {
                 session_expiry_interval,
                 receive_maximum,
                 max_packet_size: None,
@@ -159,35 +185,59 @@ fn connect(level: Level) -> BoxedStrategy<Packet> {
                 user_properties,
                 authentication_method: None,
                 authentication_data: None,
-            })
-        },
-    );
-    (any::<u16>(), short_string(), any::<bool>(), will, login, properties)
-        .prop_map(move |(keep_alive, client_id, clean_session, will, login, properties)| {
-            let connect = Connect { keep_alive, client_id, clean_session };
-            let properties = if level == Level::V5 { properties } else { None };
-            Packet::Connect(connect, properties, will, None, login)
-        })
+            },
+        )
+    });
+    // 3.1.1 forbids an empty client id without clean session: keep it valid.
+    (
+        any::<u16>(),
+        "[a-z0-9]{1,8}:[a-z0-9]{1,8}",
+        any::<bool>(),
+        will,
+        login,
+        properties,
+    )
+        .prop_map(
+            move |(keep_alive, client_id, clean_session, will, login, properties)| {
+                let connect = Connect {
+                    keep_alive,
+                    client_id,
+                    clean_session,
+                };
+                let properties = if level == Level::V5 { properties } else { None };
+                Packet::Connect(connect, properties, will, None, login)
+            },
+        )
         .boxed()
 }
 
 fn publish(level: Level) -> BoxedStrategy<Packet> {
-    let properties = prop::option::of((any::<Option<u8>>(), any::<Option<u16>>(), user_properties())).prop_map(
-        |p| {
-            p.map(|(payload_format_indicator, topic_alias, user_properties)| PublishProperties {
-                payload_format_indicator,
-                message_expiry_interval: None,
-                topic_alias,
-                response_topic: None,
-                correlation_data: None,
-                user_properties,
-                subscription_identifiers: Vec::new(),
-                content_type: None,
-            })
-        },
-    );
+    let properties =
+        prop::option::of((any::<Option<u8>>(), any::<Option<u16>>(), user_properties())).prop_map(
+            |p| {
+                p.map(|(payload_format_indicator, topic_alias, user_properties)| {
+                    PublishProperties {
+                        payload_format_indicator,
+                        message_expiry_interval: None,
+                        topic_alias,
+                        response_topic: None,
+                        correlation_data: None,
+                        user_properties,
+                        subscription_identifiers: Vec::new(),
+                        content_type: None,
+                    }
+                })
+            },
+        );
     let payload = prop::collection::vec(any::<u8>(), 0..64);
-    (short_string(), payload, qos(), 1u16.., any::<bool>(), properties)
+    (
+        short_string(),
+        payload,
+        qos(),
+        1u16..,
+        any::<bool>(),
+        properties,
+    )
         .prop_map(move |(topic, payload, qos, pkid, retain, properties)| {
             let publish = outgoing_publish(&topic, Bytes::from(payload), qos, pkid, retain);
             Packet::Publish(publish, if level == Level::V5 { properties } else { None })
@@ -196,14 +246,28 @@ fn publish(level: Level) -> BoxedStrategy<Packet> {
 }
 
 fn subscribe(level: Level) -> BoxedStrategy<Packet> {
-    let filter = (short_string(), qos(), any::<bool>(), any::<bool>()).prop_map(|(path, qos, nolocal, preserve_retain)| {
-        Filter { path, qos, nolocal, preserve_retain, retain_forward_rule: RetainForwardRule::OnEverySubscribe }
-    });
+    let filter = (short_string(), qos(), any::<bool>(), any::<bool>()).prop_map(
+        |(path, qos, nolocal, preserve_retain)| Filter {
+            path,
+            qos,
+            nolocal,
+            preserve_retain,
+            retain_forward_rule: RetainForwardRule::OnEverySubscribe,
+        },
+    );
     let properties = prop::option::of((prop::option::of(1usize..1000), user_properties()))
-        .prop_map(|p| p.map(|(id, user_properties)| SubscribeProperties { id, user_properties }));
+        .prop_map(|p| {
+            p.map(|(id, user_properties)| SubscribeProperties {
+                id,
+                user_properties,
+            })
+        });
     (1u16.., prop::collection::vec(filter, 1..3), properties)
         .prop_map(move |(pkid, filters, properties)| {
-            Packet::Subscribe(Subscribe { pkid, filters }, if level == Level::V5 { properties } else { None })
+            Packet::Subscribe(
+                Subscribe { pkid, filters },
+                if level == Level::V5 { properties } else { None },
+            )
         })
         .boxed()
 }
@@ -216,12 +280,41 @@ fn client_packet(level: Level) -> BoxedStrategy<Packet> {
         subscribe(level),
         (1u16.., prop::collection::vec(short_string(), 1..3))
             .prop_map(|(pkid, filters)| Packet::Unsubscribe(Unsubscribe { pkid, filters }, None)),
-        any::<u16>().prop_map(|pkid| Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None)),
-        any::<u16>().prop_map(|pkid| Packet::PubRec(PubRec { pkid, reason: PubRecReason::Success }, None)),
-        any::<u16>().prop_map(|pkid| Packet::PubRel(PubRel { pkid, reason: PubRelReason::Success }, None)),
-        any::<u16>().prop_map(|pkid| Packet::PubComp(PubComp { pkid, reason: PubCompReason::Success }, None)),
+        any::<u16>().prop_map(|pkid| Packet::PubAck(
+            PubAck {
+                pkid,
+                reason: PubAckReason::Success
+            },
+            None
+        )),
+        any::<u16>().prop_map(|pkid| Packet::PubRec(
+            PubRec {
+                pkid,
+                reason: PubRecReason::Success
+            },
+            None
+        )),
+        any::<u16>().prop_map(|pkid| Packet::PubRel(
+            PubRel {
+                pkid,
+                reason: PubRelReason::Success
+            },
+            None
+        )),
+        any::<u16>().prop_map(|pkid| Packet::PubComp(
+            PubComp {
+                pkid,
+                reason: PubCompReason::Success
+            },
+            None
+        )),
         Just(Packet::PingReq(PingReq)),
-        Just(Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None)),
+        Just(Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection
+            },
+            None
+        )),
     ]
     .boxed()
 }
@@ -281,11 +374,17 @@ fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
 fn encoded(level: Level) -> impl Strategy<Value = (Vec<Packet>, Vec<u8>)> {
     prop::collection::vec(client_packet(level), 1..4).prop_map(move |packets| {
         let codec = Codec::new(level, BIG);
-        let mut buf = BytesMut::new();
+        let mut bytes = Vec::new();
         for packet in &packets {
-            codec.write(packet.clone(), &mut buf).expect("the codec writes a valid packet");
+            // One buffer each: rumqttd's CONNECT writer patches its flags at
+            // an absolute index, so it only works at the start of a buffer.
+            let mut buf = BytesMut::new();
+            codec
+                .write(packet.clone(), &mut buf)
+                .expect("the codec writes a valid packet");
+            bytes.extend_from_slice(&buf);
         }
-        (packets, buf.to_vec())
+        (packets, bytes)
     })
 }
 

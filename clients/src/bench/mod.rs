@@ -340,6 +340,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn command_definition_is_consistent() {
+        use clap::CommandFactory;
+        BenchArgs::command().debug_assert();
+    }
+
+    #[test]
     fn defaults_parse_and_validate() {
         let args = BenchArgs::try_parse_from(["parley-bench", "dm"]).unwrap();
         assert_eq!(args.scenario, Scenario::Dm);

@@ -33,7 +33,9 @@ pub struct SharedLedger(Arc<Mutex<Ledger>>);
 
 impl SharedLedger {
     pub fn lock(&self) -> MutexGuard<'_, Ledger> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records an attempt before it is sent; returns its index.
@@ -56,7 +58,11 @@ impl SharedLedger {
 
     /// How many attempts have been acked so far.
     pub fn acked_count(&self) -> usize {
-        self.lock().attempts.iter().filter(|a| a.acked.is_some()).count()
+        self.lock()
+            .attempts
+            .iter()
+            .filter(|a| a.acked.is_some())
+            .count()
     }
 
     /// A copy of every attempt, in the order they were made, with indexes.

@@ -25,10 +25,12 @@ const TEST_ENV: &[&str] = &["PARLEY_CRASH_KILLS", "PARLEY_CRASH_SEED"];
 /// (`target/{profile}/deps/e2e-HASH`).
 pub fn parley_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the path of the test executable");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| panic!("test executable {} is not in target/PROFILE/deps", exe.display()));
+    let profile_dir = exe.parent().and_then(Path::parent).unwrap_or_else(|| {
+        panic!(
+            "test executable {} is not in target/PROFILE/deps",
+            exe.display()
+        )
+    });
     let binary = profile_dir.join(format!("parley{}", std::env::consts::EXE_SUFFIX));
     assert!(
         binary.is_file(),
@@ -42,7 +44,8 @@ pub fn parley_binary() -> PathBuf {
 
 /// The last `lines` lines of a log file, for failure messages.
 pub fn log_tail(log: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
+    let text = std::fs::read_to_string(log)
+        .unwrap_or_else(|e| format!("(cannot read {}: {e})", log.display()));
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
@@ -88,7 +91,13 @@ impl BrokerProcess {
             .expect("open the broker log");
         let mut command = Command::new(binary);
         command
-            .args(["serve", "--mqtt-addr", "127.0.0.1:0", "--ws-addr", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--mqtt-addr",
+                "127.0.0.1:0",
+                "--ws-addr",
+                "127.0.0.1:0",
+            ])
             .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env_remove("PARLEY_CONFIG")
@@ -105,7 +114,11 @@ impl BrokerProcess {
         let mqtt = tokio::time::timeout(START_LIMIT, async {
             while let Some(line) = lines.next_line().await.expect("read the broker's stdout") {
                 if let Some(addr) = line.strip_prefix("listening mqtt ") {
-                    return Some(addr.trim().parse::<SocketAddr>().expect("a socket address after `listening mqtt`"));
+                    return Some(
+                        addr.trim()
+                            .parse::<SocketAddr>()
+                            .expect("a socket address after `listening mqtt`"),
+                    );
                 }
             }
             None

@@ -27,9 +27,17 @@ pub async fn read_channel(reader: &Client, channel: &str) -> Vec<ChatMessage> {
             .history(channel, before, HISTORY_PAGE)
             .await
             .unwrap_or_else(|e| panic!("history of {channel} before {before}: {e}"));
-        assert!(page.messages.len() <= HISTORY_PAGE as usize, "{channel}: page larger than asked");
+        assert!(
+            page.messages.len() <= HISTORY_PAGE as usize,
+            "{channel}: page larger than asked"
+        );
         for pair in page.messages.windows(2) {
-            assert!(pair[0].seq > pair[1].seq, "{channel}: a history page is not newest first: {} then {}", pair[0].seq, pair[1].seq);
+            assert!(
+                pair[0].seq > pair[1].seq,
+                "{channel}: a history page is not newest first: {} then {}",
+                pair[0].seq,
+                pair[1].seq
+            );
         }
         let Some(oldest) = page.messages.last() else {
             assert!(!page.more, "{channel}: an empty history page says more");
@@ -44,15 +52,24 @@ pub async fn read_channel(reader: &Client, channel: &str) -> Vec<ChatMessage> {
     newest_first.reverse();
     let seqs: Vec<u64> = newest_first.iter().map(|m| m.seq).collect();
     let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
-    assert_eq!(seqs, expected, "{channel}: seqs are not 1..=max without gaps or duplicates");
+    assert_eq!(
+        seqs, expected,
+        "{channel}: seqs are not 1..=max without gaps or duplicates"
+    );
     for message in &newest_first {
-        assert_eq!(message.channel, channel, "a message of another channel in {channel}'s history");
+        assert_eq!(
+            message.channel, channel,
+            "a message of another channel in {channel}'s history"
+        );
     }
     newest_first
 }
 
 /// Reads every channel (each through one of its members).
-pub async fn read_channels(readers: &HashMap<String, Client>, channels: &[(String, Vec<String>)]) -> Channels {
+pub async fn read_channels(
+    readers: &HashMap<String, Client>,
+    channels: &[(String, Vec<String>)],
+) -> Channels {
     let mut read = Channels::new();
     for (channel, members) in channels {
         let reader = &readers[&members[0]];
@@ -63,9 +80,10 @@ pub async fn read_channels(readers: &HashMap<String, Client>, channels: &[(Strin
 
 /// Where the message sent as `(sender, client_msg_id)` is, if stored.
 pub fn find<'a>(channels: &'a Channels, attempt: &Attempt) -> Option<&'a ChatMessage> {
-    channels.get(&attempt.channel)?.iter().find(|m| {
-        m.sender == attempt.sender && m.client_msg_id == attempt.client_msg_id
-    })
+    channels
+        .get(&attempt.channel)?
+        .iter()
+        .find(|m| m.sender == attempt.sender && m.client_msg_id == attempt.client_msg_id)
 }
 
 /// Every acked attempt is stored exactly once with its acked seq, ts and
@@ -74,30 +92,57 @@ pub fn find<'a>(channels: &'a Channels, attempt: &Attempt) -> Option<&'a ChatMes
 pub fn check_against_attempts(channels: &Channels, attempts: &[(usize, Attempt)]) -> usize {
     let mut by_key: HashMap<(&str, &str, &str), &Attempt> = HashMap::new();
     for (_, attempt) in attempts {
-        let key = (attempt.channel.as_str(), attempt.sender.as_str(), attempt.client_msg_id.as_str());
-        assert!(by_key.insert(key, attempt).is_none(), "the test reused a client_msg_id: {attempt:?}");
+        let key = (
+            attempt.channel.as_str(),
+            attempt.sender.as_str(),
+            attempt.client_msg_id.as_str(),
+        );
+        assert!(
+            by_key.insert(key, attempt).is_none(),
+            "the test reused a client_msg_id: {attempt:?}"
+        );
     }
     let mut stored = HashMap::new();
     for (channel, messages) in channels {
         for message in messages {
-            let key = (channel.as_str(), message.sender.as_str(), message.client_msg_id.as_str());
+            let key = (
+                channel.as_str(),
+                message.sender.as_str(),
+                message.client_msg_id.as_str(),
+            );
             let Some(attempt) = by_key.get(&key) else {
                 panic!("{channel} holds a message nobody sent: {message:?}");
             };
-            assert_eq!(message.text, attempt.text, "stored text differs from the text sent: {attempt:?}");
+            assert_eq!(
+                message.text, attempt.text,
+                "stored text differs from the text sent: {attempt:?}"
+            );
             if let Some(first) = stored.insert(key, message.seq) {
-                panic!("{attempt:?} is stored twice, as seq {first} and seq {}", message.seq);
+                panic!(
+                    "{attempt:?} is stored twice, as seq {first} and seq {}",
+                    message.seq
+                );
             }
         }
     }
     let mut committed_in_flight = 0;
     for (_, attempt) in attempts {
-        let key = (attempt.channel.as_str(), attempt.sender.as_str(), attempt.client_msg_id.as_str());
+        let key = (
+            attempt.channel.as_str(),
+            attempt.sender.as_str(),
+            attempt.client_msg_id.as_str(),
+        );
         match (attempt.acked, stored.get(&key)) {
             (Some(Acked { seq, ts_ms }), Some(&stored_seq)) => {
-                assert_eq!(stored_seq, seq, "acked as seq {seq} but stored as seq {stored_seq}: {attempt:?}");
+                assert_eq!(
+                    stored_seq, seq,
+                    "acked as seq {seq} but stored as seq {stored_seq}: {attempt:?}"
+                );
                 let message = &channels[&attempt.channel][seq as usize - 1];
-                assert_eq!(message.ts_ms, ts_ms, "acked ts_ms differs from the stored one: {attempt:?}");
+                assert_eq!(
+                    message.ts_ms, ts_ms,
+                    "acked ts_ms differs from the stored one: {attempt:?}"
+                );
             }
             (Some(acked), None) => panic!("an acked message is lost ({acked:?}): {attempt:?}"),
             (None, Some(_)) => committed_in_flight += 1,
@@ -111,7 +156,11 @@ pub fn check_against_attempts(channels: &Channels, attempts: &[(usize, Attempt)]
 /// is exactly `1..=max`; it holds each message of `expected` exactly once
 /// (and no other message), equal to the stored one; and `events` other
 /// (group) events.
-pub async fn check_inbox(reader: &Client, expected: &BTreeMap<(String, u64), ChatMessage>, events: usize) -> u64 {
+pub async fn check_inbox(
+    reader: &Client,
+    expected: &BTreeMap<(String, u64), ChatMessage>,
+    events: usize,
+) -> u64 {
     let user = reader.user().to_owned();
     let mut after = 0;
     let mut messages = BTreeSet::new();
@@ -122,7 +171,12 @@ pub async fn check_inbox(reader: &Client, expected: &BTreeMap<(String, u64), Cha
             .await
             .unwrap_or_else(|e| panic!("{user}: sync after {after}: {e}"));
         for envelope in &page.events {
-            assert_eq!(envelope.inbox_seq, after + 1, "{user}: inbox_seq {} follows {after}", envelope.inbox_seq);
+            assert_eq!(
+                envelope.inbox_seq,
+                after + 1,
+                "{user}: inbox_seq {} follows {after}",
+                envelope.inbox_seq
+            );
             after = envelope.inbox_seq;
             match &envelope.body {
                 Some(envelope::Body::Message(message)) => {
@@ -130,8 +184,14 @@ pub async fn check_inbox(reader: &Client, expected: &BTreeMap<(String, u64), Cha
                     let Some(stored) = expected.get(&key) else {
                         panic!("{user}'s inbox holds a message that is not in its channels' history: {message:?}");
                     };
-                    assert_eq!(message, stored, "{user}'s inbox copy differs from the history");
-                    assert!(messages.insert(key), "{user}'s inbox holds {message:?} twice");
+                    assert_eq!(
+                        message, stored,
+                        "{user}'s inbox copy differs from the history"
+                    );
+                    assert!(
+                        messages.insert(key),
+                        "{user}'s inbox holds {message:?} twice"
+                    );
                 }
                 Some(_) => other_events += 1,
                 None => panic!("{user}: inbox_seq {} has no body", envelope.inbox_seq),
@@ -143,7 +203,11 @@ pub async fn check_inbox(reader: &Client, expected: &BTreeMap<(String, u64), Cha
         }
     }
     let missing: Vec<_> = expected.keys().filter(|k| !messages.contains(*k)).collect();
-    assert!(missing.is_empty(), "{user}'s inbox misses {} messages of its channels: {missing:?}", missing.len());
+    assert!(
+        missing.is_empty(),
+        "{user}'s inbox misses {} messages of its channels: {missing:?}",
+        missing.len()
+    );
     assert_eq!(other_events, events, "{user}: group events in the inbox");
     after
 }
