@@ -386,7 +386,11 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (users.join(",").as_str(), password.as_str(), config.data_dir.as_deref()),
+            (
+                users.join(",").as_str(),
+                password.as_str(),
+                config.data_dir.as_deref()
+            ),
             ("alice", "pw", Some("/d"))
         );
         assert!(matches!(

@@ -104,7 +104,11 @@ impl Router {
         let Some(entry) = users.get_mut(user) else {
             return;
         };
-        if entry.devices.get(device).is_some_and(|d| d.conn_id == conn_id) {
+        if entry
+            .devices
+            .get(device)
+            .is_some_and(|d| d.conn_id == conn_id)
+        {
             entry.devices.remove(device);
         }
         if entry.devices.is_empty() {
@@ -116,7 +120,8 @@ impl Router {
     /// many queues took it. Never blocks.
     pub fn deliver(&self, user: &str, envelope: LiveEnvelope) -> usize {
         if envelope.inbox_seq > 0 {
-            self.head(user).fetch_max(envelope.inbox_seq, Ordering::AcqRel);
+            self.head(user)
+                .fetch_max(envelope.inbox_seq, Ordering::AcqRel);
         }
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = users.get(user) else {
@@ -133,7 +138,9 @@ impl Router {
     /// start (a hint; RocksDB holds the truth).
     pub fn inbox_head(&self, user: &str) -> u64 {
         let heads = self.heads.read().unwrap_or_else(|e| e.into_inner());
-        heads.get(user).map_or(0, |head| head.load(Ordering::Acquire))
+        heads
+            .get(user)
+            .map_or(0, |head| head.load(Ordering::Acquire))
     }
 
     /// Whether any device of `user` is connected.
@@ -198,9 +205,15 @@ mod tests {
         assert!(!predecessor.is_cancelled());
         let first_id = first.conn_id;
         drop(first);
-        assert!(predecessor.is_cancelled(), "dropping a link tells its successor");
+        assert!(
+            predecessor.is_cancelled(),
+            "dropping a link tells its successor"
+        );
         router.unregister("alice", "phone", first_id);
-        assert!(router.is_connected("alice"), "stale unregister must not remove the successor");
+        assert!(
+            router.is_connected("alice"),
+            "stale unregister must not remove the successor"
+        );
         router.unregister("alice", "phone", second.conn_id);
         assert!(!router.is_connected("alice"));
     }
@@ -212,7 +225,10 @@ mod tests {
         for seq in 1..=DEVICE_QUEUE as u64 {
             assert_eq!(router.deliver("alice", envelope(seq)), 1);
         }
-        assert_eq!(router.deliver("alice", envelope(DEVICE_QUEUE as u64 + 1)), 0);
+        assert_eq!(
+            router.deliver("alice", envelope(DEVICE_QUEUE as u64 + 1)),
+            0
+        );
         assert_eq!(router.inbox_head("alice"), DEVICE_QUEUE as u64 + 1);
     }
 }

@@ -60,8 +60,9 @@ impl Broker {
             batch_max: config.commit_batch_max,
             queue: config.commit_batch_max * 4,
         };
-        let (engine, engine_thread) = engine::spawn(store.clone(), router.clone(), engine_config)
-            .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
+        let (engine, engine_thread) =
+            engine::spawn(store.clone(), router.clone(), engine_config)
+                .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             store: store.clone(),
@@ -86,8 +87,22 @@ impl Broker {
             engine_thread,
         };
         let permits = Arc::new(Semaphore::new(config.max_connections));
-        broker.tasks.spawn(accept_loop(mqtt, Listener::Tcp, shared.clone(), permits.clone(), broker.tasks.clone(), shutdown.clone()));
-        broker.tasks.spawn(accept_loop(ws, Listener::WebSocket, shared.clone(), permits, broker.tasks.clone(), shutdown.clone()));
+        broker.tasks.spawn(accept_loop(
+            mqtt,
+            Listener::Tcp,
+            shared.clone(),
+            permits.clone(),
+            broker.tasks.clone(),
+            shutdown.clone(),
+        ));
+        broker.tasks.spawn(accept_loop(
+            ws,
+            Listener::WebSocket,
+            shared.clone(),
+            permits,
+            broker.tasks.clone(),
+            shutdown.clone(),
+        ));
         let http_state = crate::http::HttpState::new(metrics);
         broker.tasks.spawn(async move {
             if let Err(error) = crate::http::serve(http, http_state, shutdown).await {
@@ -134,7 +149,9 @@ async fn open_store(config: &Config) -> Result<Store, BrokerError> {
         .map_err(|error| BrokerError::io(format!("cannot create {}", path.display()), error))?;
     let store = tokio::task::spawn_blocking(move || Store::open(&path))
         .await
-        .map_err(|error| BrokerError::io("store open task failed", std::io::Error::other(error)))??;
+        .map_err(|error| {
+            BrokerError::io("store open task failed", std::io::Error::other(error))
+        })??;
     Ok(store)
 }
 
@@ -208,7 +225,12 @@ async fn upgrade(stream: TcpStream, kind: Listener, timeout: Duration) -> Option
 }
 
 /// Accepts WebSocket upgrades on `/mqtt` and answers the `mqtt` subprotocol.
-fn negotiate_mqtt_subprotocol(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+// The signature is tungstenite's handshake `Callback`; its error type is theirs.
+#[allow(clippy::result_large_err)]
+fn negotiate_mqtt_subprotocol(
+    request: &Request,
+    mut response: Response,
+) -> Result<Response, ErrorResponse> {
     if request.uri().path() != "/mqtt" {
         let mut refusal = ErrorResponse::new(Some("MQTT is served at /mqtt".into()));
         *refusal.status_mut() = StatusCode::NOT_FOUND;

@@ -74,8 +74,14 @@ impl ChatService {
                 let store = self.store.clone();
                 let user = user.to_owned();
                 Pending::Blocking(tokio::task::spawn_blocking(move || {
-                    reads::history(&store, &user, &history.channel, history.before_seq, history.limit)
-                        .map(reply::Body::HistoryPage)
+                    reads::history(
+                        &store,
+                        &user,
+                        &history.channel,
+                        history.before_seq,
+                        history.limit,
+                    )
+                    .map(reply::Body::HistoryPage)
                 }))
             }
             Command::Unsupported(name) => Pending::Ready(Err(ChatError::bad_request(format!(

@@ -65,7 +65,8 @@ impl<'a> BatchPlan<'a> {
             Command::CreateGroup(create) => {
                 let existing = self.group(&create.group_id)?;
                 let directory = StoreDirectory(self.store);
-                let change = group::create(user, create, existing.as_ref(), &directory, self.limits)?;
+                let change =
+                    group::create(user, create, existing.as_ref(), &directory, self.limits)?;
                 self.group_change(&create.group_id, change)
             }
             Command::ChangeMembers(change) => {
@@ -96,8 +97,14 @@ impl<'a> BatchPlan<'a> {
             Channel::Group(id) => self.group(id)?,
             _ => None,
         };
-        let recipients = send::recipients(sender, &send.channel, group.as_ref(), &StoreDirectory(self.store))?;
-        self.sequences.load(self.store, Some(&channel_id), &recipients)?;
+        let recipients = send::recipients(
+            sender,
+            &send.channel,
+            group.as_ref(),
+            &StoreDirectory(self.store),
+        )?;
+        self.sequences
+            .load(self.store, Some(&channel_id), &recipients)?;
 
         let seq = self.sequences.next_channel_seq(&channel_id);
         let message = ChatMessage {
@@ -122,7 +129,11 @@ impl<'a> BatchPlan<'a> {
                 .batch
                 .put_dedup(sender, &channel_id, &send.client_msg_id, seq);
             self.check(written);
-            let key = (sender.to_owned(), channel_id.clone(), send.client_msg_id.clone());
+            let key = (
+                sender.to_owned(),
+                channel_id.clone(),
+                send.client_msg_id.clone(),
+            );
             self.sent.insert(key, ack.clone());
         }
         let body = encode_body(envelope::Body::Message(message));
@@ -144,7 +155,11 @@ impl<'a> BatchPlan<'a> {
         if client_msg_id.is_empty() {
             return Ok(None);
         }
-        let key = (sender.to_owned(), channel.to_owned(), client_msg_id.to_owned());
+        let key = (
+            sender.to_owned(),
+            channel.to_owned(),
+            client_msg_id.to_owned(),
+        );
         if let Some(ack) = self.sent.get(&key) {
             return Ok(Some(Ack {
                 duplicate: true,
@@ -170,7 +185,11 @@ impl<'a> BatchPlan<'a> {
     fn group(&self, id: &str) -> Result<Option<Group>, ChatError> {
         match self.groups.get(id) {
             Some(planned) => Ok(planned.clone()),
-            None => Ok(self.store.group(id).map_err(internal)?.map(group_from_record)),
+            None => Ok(self
+                .store
+                .group(id)
+                .map_err(internal)?
+                .map(group_from_record)),
         }
     }
 
@@ -200,7 +219,12 @@ impl<'a> BatchPlan<'a> {
     }
 
     /// Appends one entry to each user's inbox (counters loaded beforehand).
-    fn append_to_inboxes(&mut self, users: &[String], entry: &InboxEntry, body: &Arc<bytes::Bytes>) {
+    fn append_to_inboxes(
+        &mut self,
+        users: &[String],
+        entry: &InboxEntry,
+        body: &Arc<bytes::Bytes>,
+    ) {
         for user in users {
             let inbox_seq = self.sequences.next_inbox_seq(user);
             let written = self.batch.put_inbox(user, inbox_seq, entry);

@@ -10,7 +10,12 @@ use super::engine::internal;
 use super::plan::{group_from_record, StoreDirectory};
 
 /// The user's inbox after `after_inbox_seq`, oldest first.
-pub fn sync(store: &Store, user: &str, after_inbox_seq: u64, limit: u32) -> Result<SyncPage, ChatError> {
+pub fn sync(
+    store: &Store,
+    user: &str,
+    after_inbox_seq: u64,
+    limit: u32,
+) -> Result<SyncPage, ChatError> {
     let (events, more) = store
         .inbox_after(user, after_inbox_seq, limit as usize)
         .map_err(internal)?;

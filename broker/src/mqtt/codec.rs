@@ -50,7 +50,9 @@ impl Codec {
     /// `Incomplete` leaves `buf` as it was; anything else consumed a frame.
     pub fn read(&self, buf: &mut BytesMut) -> Result<Packet, FrameError> {
         if let Some(kind) = self.unreadable_kind(buf) {
-            return Err(FrameError::Malformed(protocol::Error::InvalidPacketType(kind)));
+            return Err(FrameError::Malformed(protocol::Error::InvalidPacketType(
+                kind,
+            )));
         }
         let available = buf.len();
         let result = match self.level {
@@ -58,10 +60,14 @@ impl Codec {
             Level::V5 => V5.read_mut(buf, self.max_packet_size),
         };
         result.map_err(|error| match error {
-            protocol::Error::InsufficientBytes(_) if buf.len() == available => FrameError::Incomplete,
+            protocol::Error::InsufficientBytes(_) if buf.len() == available => {
+                FrameError::Incomplete
+            }
             // rumqttd also says InsufficientBytes for a field cut short inside
             // a whole frame (a V5 property length), after consuming the frame.
-            protocol::Error::InsufficientBytes(_) => FrameError::Malformed(protocol::Error::MalformedPacket),
+            protocol::Error::InsufficientBytes(_) => {
+                FrameError::Malformed(protocol::Error::MalformedPacket)
+            }
             other => FrameError::Malformed(other),
         })
     }
@@ -152,13 +158,21 @@ mod tests {
 
     fn connect_bytes(level: u8) -> Vec<u8> {
         // CONNECT, remaining length 12, "MQTT", level, flags, keep-alive, empty client id
-        vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0]
+        vec![
+            0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', level, 2, 0, 60, 0, 0,
+        ]
     }
 
     #[test]
     fn connect_level_is_peeked_without_consuming() {
-        assert_eq!(read_connect_level(&connect_bytes(4)).unwrap(), Some(Level::V4));
-        assert_eq!(read_connect_level(&connect_bytes(5)).unwrap(), Some(Level::V5));
+        assert_eq!(
+            read_connect_level(&connect_bytes(4)).unwrap(),
+            Some(Level::V4)
+        );
+        assert_eq!(
+            read_connect_level(&connect_bytes(5)).unwrap(),
+            Some(Level::V5)
+        );
         assert!(read_connect_level(&connect_bytes(3)).is_err());
     }
 
@@ -166,7 +180,11 @@ mod tests {
     fn partial_connect_asks_for_more() {
         let bytes = connect_bytes(4);
         for cut in 0..9 {
-            assert_eq!(read_connect_level(&bytes[..cut]).unwrap(), None, "cut at {cut}");
+            assert_eq!(
+                read_connect_level(&bytes[..cut]).unwrap(),
+                None,
+                "cut at {cut}"
+            );
         }
     }
 
@@ -180,9 +198,17 @@ mod tests {
     fn outgoing_publish_round_trips_through_both_codecs() {
         for level in [Level::V4, Level::V5] {
             let codec = Codec::new(level, 1 << 20);
-            let publish = outgoing_publish("inbox/alice", Bytes::from_static(b"hi"), QoS::AtLeastOnce, 7, false);
+            let publish = outgoing_publish(
+                "inbox/alice",
+                Bytes::from_static(b"hi"),
+                QoS::AtLeastOnce,
+                7,
+                false,
+            );
             let mut buf = BytesMut::new();
-            codec.write(Packet::Publish(publish, None), &mut buf).unwrap();
+            codec
+                .write(Packet::Publish(publish, None), &mut buf)
+                .unwrap();
             let Packet::Publish(read, _) = codec.read(&mut buf).unwrap() else {
                 panic!("not a publish");
             };
@@ -202,11 +228,17 @@ mod tests {
         for bytes in [[0x20u8, 0x01, 0x00], [0xb0, 0x01, 0x00], [0x20, 0x00, 0x00]] {
             let mut buf = BytesMut::from(&bytes[..]);
             let error = codec.read(&mut buf).map(|p| format!("{p:?}"));
-            assert!(matches!(error, Err(FrameError::Malformed(_))), "{bytes:02x?}: {error:?}");
+            assert!(
+                matches!(error, Err(FrameError::Malformed(_))),
+                "{bytes:02x?}: {error:?}"
+            );
         }
         // 3.1.1 reads them; the connection then refuses them as unexpected.
         let mut buf = BytesMut::from(&[0x20u8, 0x02, 0x00, 0x00][..]);
-        assert!(matches!(Codec::new(Level::V4, 1 << 20).read(&mut buf), Ok(Packet::ConnAck(..))));
+        assert!(matches!(
+            Codec::new(Level::V4, 1 << 20).read(&mut buf),
+            Ok(Packet::ConnAck(..))
+        ));
     }
 
     /// Regression (found by proptest): a whole V5 frame whose property
@@ -222,7 +254,10 @@ mod tests {
         for frame in frames {
             let mut buf = BytesMut::from(frame);
             let result = codec.read(&mut buf).map(|p| format!("{p:?}"));
-            assert!(matches!(result, Err(FrameError::Malformed(_))), "{frame:02x?}: {result:?}");
+            assert!(
+                matches!(result, Err(FrameError::Malformed(_))),
+                "{frame:02x?}: {result:?}"
+            );
         }
     }
 
@@ -230,8 +265,14 @@ mod tests {
     fn incomplete_packets_wait_and_garbage_is_malformed() {
         let codec = Codec::new(Level::V4, 1 << 20);
         let mut partial = BytesMut::from(&[0x30u8, 10, 0][..]);
-        assert!(matches!(codec.read(&mut partial), Err(FrameError::Incomplete)));
+        assert!(matches!(
+            codec.read(&mut partial),
+            Err(FrameError::Incomplete)
+        ));
         let mut garbage = BytesMut::from(&[0xf0u8, 0][..]);
-        assert!(matches!(codec.read(&mut garbage), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            codec.read(&mut garbage),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

@@ -41,7 +41,9 @@ pub async fn read_connect(
 ) -> Result<ConnectPacket, Refusal> {
     match tokio::time::timeout(timeout, read_connect_packet(io, buf, max_packet_size)).await {
         Ok(result) => result,
-        Err(_) => Err(Refusal::Silent("no CONNECT within the connect timeout".into())),
+        Err(_) => Err(Refusal::Silent(
+            "no CONNECT within the connect timeout".into(),
+        )),
     }
 }
 
@@ -82,9 +84,16 @@ async fn read_connect_packet(
 }
 
 /// Checks the client id and credentials; returns who connected.
-pub async fn authenticate(shared: &Arc<Shared>, packet: &ConnectPacket) -> Result<ClientId, Refusal> {
+pub async fn authenticate(
+    shared: &Arc<Shared>,
+    packet: &ConnectPacket,
+) -> Result<ClientId, Refusal> {
     let refuse = |why: &str| {
-        Refusal::Connack(packet.codec, ConnectReturnCode::NotAuthorized, why.to_owned())
+        Refusal::Connack(
+            packet.codec,
+            ConnectReturnCode::NotAuthorized,
+            why.to_owned(),
+        )
     };
     let Some(login) = &packet.login else {
         return Err(refuse("no username"));
@@ -146,7 +155,12 @@ pub fn window(packet: &ConnectPacket, configured: usize) -> usize {
 }
 
 /// The CONNACK for an accepted connection.
-pub fn connack(codec: Codec, session_present: bool, max_packet_size: usize, receive_max: u16) -> Packet {
+pub fn connack(
+    codec: Codec,
+    session_present: bool,
+    max_packet_size: usize,
+    receive_max: u16,
+) -> Packet {
     let properties = match codec.level() {
         super::codec::Level::V4 => None,
         super::codec::Level::V5 => Some(ConnAckProperties {

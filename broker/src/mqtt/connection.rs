@@ -51,10 +51,22 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 
 /// Serves one accepted connection until it ends.
-pub async fn serve(mut io: Transport, peer: SocketAddr, shared: Arc<Shared>, shutdown: CancellationToken) {
+pub async fn serve(
+    mut io: Transport,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
     let mut buf = BytesMut::with_capacity(4096);
     let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-    let packet = match connect::read_connect(&mut io, &mut buf, timeout, shared.config.max_packet_size).await {
+    let packet = match connect::read_connect(
+        &mut io,
+        &mut buf,
+        timeout,
+        shared.config.max_packet_size,
+    )
+    .await
+    {
         Ok(packet) => packet,
         Err(refusal) => return refuse(io, peer, refusal).await,
     };
@@ -64,7 +76,9 @@ pub async fn serve(mut io: Transport, peer: SocketAddr, shared: Arc<Shared>, shu
     };
     let span = tracing::info_span!("conn", user = %client.user, device = %client.device, %peer);
     async move {
-        let Some(mut connection) = Connection::establish(io, buf, packet, client, shared, peer).await else {
+        let Some(mut connection) =
+            Connection::establish(io, buf, packet, client, shared, peer).await
+        else {
             return;
         };
         let close = connection.run(&shutdown).await;
@@ -179,7 +193,9 @@ impl Connection {
             Ok(start) => start,
             Err(error) => {
                 tracing::error!(%error, "cannot open the session");
-                shared.router.unregister(&client.user, &client.device, link.conn_id);
+                shared
+                    .router
+                    .unregister(&client.user, &client.device, link.conn_id);
                 let code = rumqttd::protocol::ConnectReturnCode::ServiceUnavailable;
                 refuse(io, peer, Refusal::Connack(packet.codec, code, error)).await;
                 return None;
@@ -201,12 +217,19 @@ impl Connection {
             return None;
         }
         if io.write_all(&wbuf).await.is_err() {
-            shared.router.unregister(&client.user, &client.device, link.conn_id);
+            shared
+                .router
+                .unregister(&client.user, &client.device, link.conn_id);
             return None;
         }
         wbuf.clear();
         m::connection_opened();
-        tracing::info!(session_present = start.present, durable = start.durable.is_some(), cursor = start.cursor, "connected");
+        tracing::info!(
+            session_present = start.present,
+            durable = start.durable.is_some(),
+            cursor = start.cursor,
+            "connected"
+        );
         let mut connection = Connection {
             io,
             codec: packet.codec,
@@ -277,7 +300,9 @@ impl Connection {
                     }
                 }
                 Err(FrameError::Incomplete) => return None,
-                Err(FrameError::Malformed(error)) => return Some(Close::Malformed(error.to_string())),
+                Err(FrameError::Malformed(error)) => {
+                    return Some(Close::Malformed(error.to_string()))
+                }
             }
         }
         None
@@ -304,7 +329,11 @@ impl Connection {
             Packet::PingReq(_) => self.write(Packet::PingResp(PingResp)),
             Packet::Disconnect(_, _) => return Some(Close::Disconnect),
             Packet::Connect(..) => return Some(Close::Protocol("second CONNECT".into())),
-            other => return Some(Close::Protocol(format!("unexpected packet from a client: {other:?}"))),
+            other => {
+                return Some(Close::Protocol(format!(
+                    "unexpected packet from a client: {other:?}"
+                )))
+            }
         }
         None
     }
@@ -344,14 +373,22 @@ impl Connection {
             QoS::AtLeastOnce => Packet::PubAck(
                 PubAck {
                     pkid,
-                    reason: if allowed { PubAckReason::Success } else { PubAckReason::NotAuthorized },
+                    reason: if allowed {
+                        PubAckReason::Success
+                    } else {
+                        PubAckReason::NotAuthorized
+                    },
                 },
                 None,
             ),
             QoS::ExactlyOnce => Packet::PubRec(
                 PubRec {
                     pkid,
-                    reason: if allowed { PubRecReason::Success } else { PubRecReason::NotAuthorized },
+                    reason: if allowed {
+                        PubRecReason::Success
+                    } else {
+                        PubRecReason::NotAuthorized
+                    },
                 },
                 None,
             ),
@@ -381,7 +418,11 @@ impl Connection {
                 });
                 continue;
             }
-            let qos = if filter.qos == QoS::AtMostOnce { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+            let qos = if filter.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
             self.subscriptions.retain(|(path, _)| *path != filter.path);
             self.subscriptions.push((filter.path, qos as u8));
             codes.push(SubscribeReasonCode::Success(qos));
@@ -429,7 +470,13 @@ impl Connection {
                 .filter(|(filter, _)| rumqttd::protocol::matches(topic, filter))
                 .map(|(_, qos)| *qos)
                 .max()
-                .map(|qos| if qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce })
+                .map(|qos| {
+                    if qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    }
+                })
         };
         let inbox = qos_for(&self.inbox_topic);
         let reply = qos_for(&self.reply_topic);
@@ -466,7 +513,13 @@ impl Connection {
                 Stream::Reply => &self.reply_topic,
                 Stream::Inbox => &self.inbox_topic,
             };
-            let publish = codec::outgoing_publish(topic, outgoing.payload, outgoing.qos, outgoing.pkid, false);
+            let publish = codec::outgoing_publish(
+                topic,
+                outgoing.payload,
+                outgoing.qos,
+                outgoing.pkid,
+                false,
+            );
             self.write(Packet::Publish(publish, None));
             m::messages_out(1);
         }
@@ -507,7 +560,10 @@ impl Connection {
         }));
     }
 
-    fn on_fetched(&mut self, fetched: Result<Fetched, tokio::task::JoinError>) -> Result<(), Close> {
+    fn on_fetched(
+        &mut self,
+        fetched: Result<Fetched, tokio::task::JoinError>,
+    ) -> Result<(), Close> {
         match fetched {
             Ok(Ok(envelopes)) => {
                 self.outbox.on_fetched(envelopes);
@@ -519,7 +575,9 @@ impl Connection {
     }
 
     fn touch(&mut self) {
-        self.deadline = self.keep_alive.map(|keep_alive| Instant::now() + keep_alive);
+        self.deadline = self
+            .keep_alive
+            .map(|keep_alive| Instant::now() + keep_alive);
     }
 
     fn schedule_cursor_flush(&mut self) {

@@ -5,7 +5,7 @@
 //! subscriptions and the highest inbox_seq the device has PUBACKed; the
 //! user's inbox itself is the session's queue, so nothing else is stored.
 
-use parley_storage::{SessionRecord, Store, StorageError};
+use parley_storage::{SessionRecord, StorageError, Store};
 
 /// Expiry value meaning "never expires" (3.1.1 persistent sessions, v5 0xFFFFFFFF).
 pub const NEVER: u32 = u32::MAX;
