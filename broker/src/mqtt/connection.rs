@@ -634,6 +634,17 @@ impl Connection {
     }
 }
 
+impl Drop for Connection {
+    /// Leaves the router even if the task ends without [`Connection::finish`]
+    /// (a panic): a stale entry would keep the device "connected" forever.
+    /// A no-op after `finish`, which unregisters first.
+    fn drop(&mut self) {
+        self.shared
+            .router
+            .unregister(&self.user, &self.device, self.link.conn_id);
+    }
+}
+
 /// A durable session's state, taken off the connection to be saved.
 struct SessionSnapshot {
     store: parley_storage::Store,
