@@ -30,15 +30,25 @@ pub struct Authenticator {
     store: Store,
     key: RandomState,
     verified: Mutex<HashMap<String, (u64, Instant)>>,
+    /// Argon2 needs ~19 MiB and a core per verification: a connect storm
+    /// must queue, not run hundreds at once on the blocking pool.
+    slots: tokio::sync::Semaphore,
 }
 
 impl Authenticator {
     pub fn new(store: Store) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             store,
             key: RandomState::new(),
             verified: Mutex::new(HashMap::new()),
+            slots: tokio::sync::Semaphore::new(cores),
         }
+    }
+
+    /// Waits for a verification slot (one per core); hold it while verifying.
+    pub async fn slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.slots.acquire().await.ok()
     }
 
     /// True when `password` is `user`'s. Blocking (argon2 on a cache miss):

@@ -364,10 +364,25 @@ impl TestBroker {
 }
 
 impl Drop for TestBroker {
+    /// Stops the broker completely — RocksDB closed — before the test's
+    /// runtime and process end: a database still closing on the engine
+    /// thread while the process exits aborts inside RocksDB.
     fn drop(&mut self) {
-        if let Some(running) = &self.running {
-            running.token.cancel();
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running.token.cancel();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return;
         }
+        tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let _ = tokio::time::timeout(SHUTDOWN_LIMIT, running.broker.wait()).await;
+            })
+        });
     }
 }
 

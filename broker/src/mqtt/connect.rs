@@ -105,6 +105,7 @@ pub async fn authenticate(
         return Err(refuse("password login is disabled"));
     }
     let (user, password) = (login.username.clone(), login.password.clone());
+    let _slot = shared.auth.slot().await;
     let verifier = shared.clone();
     let verified = tokio::task::spawn_blocking(move || verifier.auth.verify(&user, &password))
         .await
