@@ -149,12 +149,6 @@ impl Router {
         users.contains_key(user)
     }
 
-    /// Number of connected devices.
-    pub fn device_count(&self) -> usize {
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        users.values().map(|u| u.devices.len()).sum()
-    }
-
     fn head(&self, user: &str) -> Arc<AtomicU64> {
         if let Some(head) = self
             .heads

@@ -467,7 +467,7 @@ impl Connection {
         let qos_for = |topic: &str| {
             self.subscriptions
                 .iter()
-                .filter(|(filter, _)| rumqttd::protocol::matches(topic, filter))
+                .filter(|(filter, _)| acl::filter_matches(filter, topic))
                 .map(|(_, qos)| *qos)
                 .max()
                 .map(|qos| {

@@ -101,7 +101,8 @@ impl Outbox {
         self.known_head = self.known_head.max(head);
     }
 
-    /// Queues a reply; returns it at once when it can go out at QoS 0.
+    /// Queues a reply for the next [`Outbox::pump`] (dropped when the device
+    /// has no subscription covering its reply topic).
     pub fn push_reply(&mut self, payload: Bytes) {
         if self.reply_qos.is_some() {
             self.replies.push_back(payload);
