@@ -19,7 +19,11 @@
 //! --password PW` (stopped broker) or `POST /v1/register` (running broker).
 //! Every phase is bounded: sending stops after `--duration`, waiting for the
 //! last acks and deliveries after `--drain-secs`; the run ends by itself.
+//!
+//! `parley-bench-report` turns the JSON reports of a whole `bench/run` into
+//! one Markdown summary ([`summary`]) and a latency chart ([`chart`]).
 
+pub mod chart;
 mod chat;
 mod conn;
 mod idle;
@@ -29,6 +33,7 @@ mod relay;
 pub mod report;
 pub mod rss;
 pub mod stats;
+pub mod summary;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,15 +1,16 @@
 //! The result of a run, as JSON (`--json FILE`) and as a Markdown table
-//! (`--markdown FILE`). The JSON field names are stable: `bench/run` reads them.
+//! (`--markdown FILE`). The JSON field names are stable: `parley-bench-report` reads them.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::stats::LatencySummary;
 
 /// What the run was asked to do.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Params {
     /// Sender/receiver pairs (`dm`, `relay`).
     pub pairs: usize,
@@ -34,7 +35,8 @@ pub struct Params {
 }
 
 /// The broker's resident memory over the run (from `/proc/{pid}/status`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BrokerMemory {
     /// The broker's process id.
     pub pid: u32,
@@ -51,7 +53,8 @@ pub struct BrokerMemory {
 }
 
 /// One run's figures.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Report {
     /// `dm`, `group`, `idle` or `relay`.
     pub scenario: String,
@@ -129,6 +132,11 @@ fn latency_cell(l: &LatencySummary) -> String {
 }
 
 impl Report {
+    /// A report read back from its JSON; missing fields take their defaults.
+    pub fn from_json(json: &str) -> serde_json::Result<Report> {
+        serde_json::from_str(json)
+    }
+
     /// The report as pretty JSON.
     pub fn to_json(&self) -> String {
         // A struct of plain fields and string-keyed maps always serializes.
@@ -274,6 +282,7 @@ mod tests {
                 p99_ms: 4.25,
                 p999_ms: 9.0,
                 max_ms: 12.0,
+                ..LatencySummary::default()
             },
             broker_memory: Some(BrokerMemory {
                 pid: 42,
@@ -322,6 +331,16 @@ mod tests {
         assert_eq!(v["params"]["pairs"], 100);
         assert_eq!(v["broker_memory"]["connected_kb"], 20_480);
         assert_eq!(v["error_kinds"]["timeout"], 1);
+    }
+
+    #[test]
+    fn json_round_trips_and_partial_json_loads() {
+        let report = sample();
+        assert_eq!(Report::from_json(&report.to_json()).unwrap(), report);
+        let partial = Report::from_json(r#"{"label": "mosquitto", "scenario": "relay"}"#).unwrap();
+        assert_eq!(partial.label, "mosquitto");
+        assert_eq!(partial.broker_memory, None);
+        assert_eq!(partial.delivery_latency, LatencySummary::default());
     }
 
     #[test]

@@ -7,10 +7,15 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Highest latency the histograms hold: one hour, in microseconds.
 const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// The percentiles every [`LatencySummary`] lists, for percentile plots.
+pub const PERCENTILES: [f64; 11] = [
+    0.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
+];
 
 /// Counters and histograms of one run. Times are microseconds since `start`.
 #[derive(Debug)]
@@ -50,8 +55,19 @@ pub struct Counts {
     pub errors: u64,
 }
 
+/// One point of a latency distribution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Percentile {
+    /// The percentile, 0 to 100 (e.g. 99.9).
+    pub percentile: f64,
+    /// The latency at that percentile, milliseconds.
+    pub ms: f64,
+}
+
 /// Percentiles of one histogram, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LatencySummary {
     /// Samples recorded.
     pub count: u64,
@@ -65,6 +81,9 @@ pub struct LatencySummary {
     pub p999_ms: f64,
     /// Largest sample.
     pub max_ms: f64,
+    /// The latency at each of [`PERCENTILES`] (empty in older reports).
+    #[serde(default)]
+    pub percentiles: Vec<Percentile>,
 }
 
 fn histogram() -> Mutex<Histogram<u64>> {
@@ -209,7 +228,21 @@ pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
         p99_ms: ms(h.value_at_quantile(0.99)),
         p999_ms: ms(h.value_at_quantile(0.999)),
         max_ms: ms(h.max()),
+        percentiles: PERCENTILES
+            .iter()
+            .map(|&percentile| Percentile {
+                percentile,
+                ms: ms(h.value_at_quantile(quantile(percentile))),
+            })
+            .collect(),
     }
+}
+
+/// The quantile of a percentile, rounded to a millionth so that 99.9 asks
+/// for exactly the quantile 0.999 (99.9 / 100 is 0.9990000000000001, which
+/// hdrhistogram rounds up to the next sample).
+fn quantile(percentile: f64) -> f64 {
+    (percentile * 10_000.0).round() / 1_000_000.0
 }
 
 /// The progress line: totals and the rates over the last interval.
@@ -264,6 +297,25 @@ mod tests {
         assert!((s.p99_ms - 990.0).abs() < 1.0, "{s:?}");
         assert!((s.p999_ms - 999.0).abs() < 1.0, "{s:?}");
         assert!((s.max_ms - 1000.0).abs() < 1.0, "{s:?}");
+        let listed: Vec<f64> = s.percentiles.iter().map(|p| p.percentile).collect();
+        assert_eq!(listed, PERCENTILES);
+        let at = |q: f64| s.percentiles.iter().find(|p| p.percentile == q).unwrap().ms;
+        assert!((at(0.0) - 1.0).abs() < 0.01, "{s:?}");
+        assert!((at(90.0) - 900.0).abs() < 1.0, "{s:?}");
+        assert!((at(99.9) - s.p999_ms).abs() < 1e-9, "{s:?}");
+        assert!((at(100.0) - s.max_ms).abs() < 1.0, "{s:?}");
+        assert!(s.percentiles.windows(2).all(|w| w[0].ms <= w[1].ms));
+        assert_eq!(quantile(99.9), 0.999);
+        assert_eq!(quantile(99.95), 0.9995);
+        assert_eq!(quantile(50.0), 0.5);
+    }
+
+    #[test]
+    fn older_json_without_percentiles_still_loads() {
+        let s: LatencySummary = serde_json::from_str(r#"{"count": 3, "p99_ms": 2.5}"#).unwrap();
+        assert_eq!(s.count, 3);
+        assert_eq!(s.p99_ms, 2.5);
+        assert!(s.percentiles.is_empty());
     }
 
     #[test]
