@@ -6,8 +6,8 @@
 //!
 //! Every function here blocks: it reads or writes RocksDB, and hashing or
 //! verifying a password with argon2 takes tens of milliseconds of CPU by
-//! design. Async callers (CONNECT, the HTTP API) must run them in
-//! `tokio::task::spawn_blocking`.
+//! design. Async callers must run them off the runtime: CONNECT goes through
+//! the fixed verification pool in [`crate::auth`].
 //!
 //! Later issue (service accounts): `add_service` creating `svc:{name}` with a
 //! generated secret goes here; [`verify`] already accepts either kind.
@@ -15,8 +15,8 @@
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use parley_storage::{AccountKind, Store, UserRecord};
 
 use crate::error::BrokerError;
@@ -61,23 +61,65 @@ pub fn set_password(store: &Store, id: &str, password: &str) -> Result<(), Broke
     Ok(())
 }
 
-/// Whether `password` is the password of account `user`.
-///
-/// An unknown user, an empty password and a wrong password are all `false`.
-/// An unknown user still costs one argon2 verification, so the answer time
-/// does not tell which user ids exist. The comparison is argon2's own
-/// (constant time). Errors are storage failures and unreadable stored hashes.
-pub fn verify(store: &Store, user: &str, password: &str) -> Result<bool, BrokerError> {
-    let Some(record) = store.user(user)? else {
-        if let Some(dummy) = dummy_hash() {
-            let _ = verify_password(dummy, password);
+/// Verifies passwords with one argon2 working area, allocated once and
+/// reused: argon2 needs ~19 MiB per verification, and allocating it afresh
+/// each time leaves the allocator holding several such areas per thread.
+/// One per verifying thread (it is `&mut`).
+#[derive(Default)]
+pub struct Verifier {
+    memory: Vec<Block>,
+}
+
+impl Verifier {
+    /// Whether `password` is the password of account `user`.
+    ///
+    /// An unknown user, an empty password and a wrong password are all
+    /// `false`. An unknown user still costs one argon2 verification, so the
+    /// answer time does not tell which user ids exist. The comparison is
+    /// constant time. Errors are storage failures and unreadable stored
+    /// hashes.
+    pub fn verify(&mut self, store: &Store, user: &str, password: &str) -> Result<bool, BrokerError> {
+        let Some(record) = store.user(user)? else {
+            if let Some(dummy) = dummy_hash() {
+                let _ = self.verify_password(dummy, password);
+            }
+            return Ok(false);
+        };
+        if password.is_empty() {
+            return Ok(false);
         }
-        return Ok(false);
-    };
-    if password.is_empty() {
-        return Ok(false);
+        self.verify_password(&record.password_hash, password)
     }
-    verify_password(&record.password_hash, password)
+
+    /// Whether `password` matches the PHC string `phc` (algorithm, version
+    /// and parameters from `phc`). An unreadable `phc` is an error, a
+    /// mismatch is `Ok(false)`.
+    pub fn verify_password(&mut self, phc: &str, password: &str) -> Result<bool, BrokerError> {
+        let unreadable = |e: &dyn std::fmt::Display| BrokerError::PasswordHash(format!("stored hash: {e}"));
+        let hash = PasswordHash::new(phc).map_err(|e| unreadable(&e))?;
+        let algorithm = Algorithm::try_from(hash.algorithm).map_err(|e| unreadable(&e))?;
+        let version = match hash.version {
+            Some(version) => Version::try_from(version).map_err(|e| unreadable(&e))?,
+            None => Version::default(),
+        };
+        let params = Params::try_from(&hash).map_err(|e| unreadable(&e))?;
+        let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+            return Err(unreadable(&"no salt or no hash"));
+        };
+        let mut salt_bytes = [0u8; 64];
+        let salt = salt.decode_b64(&mut salt_bytes).map_err(|e| unreadable(&e))?;
+        if self.memory.len() < params.block_count() {
+            self.memory.resize(params.block_count(), Block::default());
+        }
+        let mut computed = [0u8; 64];
+        let computed = &mut computed[..expected.len()];
+        Argon2::new(algorithm, version, params)
+            .hash_password_into_with_memory(password.as_bytes(), salt, computed, &mut self.memory[..])
+            .map_err(|e| unreadable(&e))?;
+        // `Output`'s equality is constant time.
+        let computed = Output::new(computed).map_err(|e| unreadable(&e))?;
+        Ok(computed == expected)
+    }
 }
 
 /// Every account, ordered by id.
@@ -103,16 +145,6 @@ pub fn hash_password(password: &str) -> Result<String, BrokerError> {
         .hash_password(password.as_bytes(), &salt)
         .map_err(|e| BrokerError::PasswordHash(e.to_string()))?;
     Ok(hash.to_string())
-}
-
-/// Whether `password` matches the PHC string `phc` (parameters from `phc`).
-/// An unreadable `phc` is an error, a mismatch is `Ok(false)`.
-pub fn verify_password(phc: &str, password: &str) -> Result<bool, BrokerError> {
-    let parsed = PasswordHash::new(phc)
-        .map_err(|e| BrokerError::PasswordHash(format!("stored hash: {e}")))?;
-    Ok(Argon2::default()
-        .verify_password(password.as_bytes(), &parsed)
-        .is_ok())
 }
 
 /// The contract's id rule: 1 to 64 characters of `[A-Za-z0-9_-]`.
@@ -148,7 +180,17 @@ fn now_ms() -> i64 {
 
 #[cfg(test)]
 mod tests {
+    use argon2::password_hash::PasswordVerifier;
+
     use super::*;
+
+    fn verify(store: &Store, user: &str, password: &str) -> Result<bool, BrokerError> {
+        Verifier::default().verify(store, user, password)
+    }
+
+    fn verify_password(phc: &str, password: &str) -> Result<bool, BrokerError> {
+        Verifier::default().verify_password(phc, password)
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -243,5 +285,31 @@ mod tests {
             verify_password("not a phc string", "pw"),
             Err(BrokerError::PasswordHash(_))
         ));
+    }
+
+    #[test]
+    fn one_verifier_agrees_with_argon2_on_every_algorithm_version_and_size() {
+        let mut verifier = Verifier::default();
+        let cases = [
+            (Algorithm::Argon2id, Version::V0x13, 19_456, 2, 1, 32),
+            (Algorithm::Argon2i, Version::V0x13, 64, 3, 1, 16),
+            (Algorithm::Argon2d, Version::V0x10, 256, 1, 2, 64),
+            (Algorithm::Argon2id, Version::V0x13, 8, 1, 1, 32),
+        ];
+        for (algorithm, version, m, t, p, len) in cases {
+            let params = Params::new(m, t, p, Some(len)).unwrap();
+            let hasher = Argon2::new(algorithm, version, params);
+            let salt = SaltString::encode_b64(b"sixteen byte slt").unwrap();
+            let phc = hasher.hash_password(b"pw", &salt).unwrap().to_string();
+            let parsed = PasswordHash::new(&phc).unwrap();
+            for password in ["pw", "pW", ""] {
+                let theirs = Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok();
+                let ours = verifier.verify_password(&phc, password).unwrap();
+                assert_eq!(ours, theirs, "{phc} with {password:?}");
+                assert_eq!(ours, password == "pw");
+            }
+        }
     }
 }

@@ -27,6 +27,8 @@ pub enum BrokerError {
     PasswordHash(String),
     #[error("the chat engine has stopped")]
     EngineStopped,
+    #[error("the password verification pool has stopped")]
+    VerifierStopped,
 }
 
 impl BrokerError {

@@ -25,6 +25,13 @@ use parley_broker::{accounts, Broker};
 use parley_storage::{AccountKind, StorageError, Store};
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc's malloc: the broker allocates many small,
+/// short-lived buffers across threads (a fifth of its CPU went to glibc's
+/// malloc/free under `parley-bench dm`), and glibc's per-thread arenas kept
+/// freed memory that mimalloc returns.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// `PARLEY_*` variables read by `parley chat`, not broker keys: no warning.
 const CLIENT_ENV_VARS: &[&str] = &[
     "PARLEY_BROKER",

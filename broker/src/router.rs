@@ -3,13 +3,14 @@
 //! Chat topics are routed by user id, not by matching filters: the engine
 //! hands every committed inbox envelope to [`Router::deliver`], which offers
 //! it to each connected device of that user through a small bounded queue.
-//! A queue that is full drops the envelope: the device notices the gap (its
-//! cursor against [`Router::inbox_head`]) and reads it back from RocksDB.
+//! A queue that is full drops the envelope and raises the device's `missed`
+//! flag: the device then compares its cursor with [`Router::inbox_head`] and
+//! reads what it missed back from RocksDB.
 //! So a slow device never costs more memory than its queue and window.
 
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -31,6 +32,9 @@ pub struct DeviceLink {
     /// Unique per connection, so a stale connection cannot unregister its successor.
     pub conn_id: u64,
     pub live: mpsc::Receiver<LiveEnvelope>,
+    /// Raised when an envelope could not be queued (queue full): the device
+    /// must catch up from the store up to [`Router::inbox_head`].
+    pub missed: Arc<AtomicBool>,
     /// Cancelled when another connection takes over the same client id.
     pub taken_over: CancellationToken,
     /// The connection this one replaced, if it was still registered: cancelled
@@ -44,6 +48,7 @@ pub struct DeviceLink {
 struct Device {
     conn_id: u64,
     live: mpsc::Sender<LiveEnvelope>,
+    missed: Arc<AtomicBool>,
     taken_over: CancellationToken,
     finished: CancellationToken,
 }
@@ -73,9 +78,11 @@ impl Router {
         let (live_tx, live_rx) = mpsc::channel(DEVICE_QUEUE);
         let taken_over = CancellationToken::new();
         let finished = CancellationToken::new();
+        let missed = Arc::new(AtomicBool::new(false));
         let entry = Device {
             conn_id,
             live: live_tx,
+            missed: missed.clone(),
             taken_over: taken_over.clone(),
             finished: finished.clone(),
         };
@@ -92,6 +99,7 @@ impl Router {
         DeviceLink {
             conn_id,
             live: live_rx,
+            missed,
             taken_over,
             predecessor,
             _finished: finished.drop_guard(),
@@ -117,7 +125,9 @@ impl Router {
     }
 
     /// Offers an envelope to every connected device of `user`; returns how
-    /// many queues took it. Never blocks.
+    /// many queues took it. Never blocks: a full queue drops the envelope
+    /// and raises the device's `missed` flag (after the head moved, so the
+    /// device that sees the flag sees a head covering the dropped envelope).
     pub fn deliver(&self, user: &str, envelope: LiveEnvelope) -> usize {
         if envelope.inbox_seq > 0 {
             self.head(user)
@@ -127,11 +137,14 @@ impl Router {
         let Some(entry) = users.get(user) else {
             return 0;
         };
-        entry
-            .devices
-            .values()
-            .filter(|device| device.live.try_send(envelope.clone()).is_ok())
-            .count()
+        let mut queued = 0;
+        for device in entry.devices.values() {
+            match device.live.try_send(envelope.clone()) {
+                Ok(()) => queued += 1,
+                Err(_) => device.missed.store(true, Ordering::Release),
+            }
+        }
+        queued
     }
 
     /// The highest inbox_seq delivered through the router for `user` since
@@ -215,14 +228,16 @@ mod tests {
     #[test]
     fn a_full_queue_drops_instead_of_blocking() {
         let router = Router::new();
-        let _link = router.register("alice", "phone");
+        let link = router.register("alice", "phone");
         for seq in 1..=DEVICE_QUEUE as u64 {
             assert_eq!(router.deliver("alice", envelope(seq)), 1);
         }
+        assert!(!link.missed.load(Ordering::Acquire));
         assert_eq!(
             router.deliver("alice", envelope(DEVICE_QUEUE as u64 + 1)),
             0
         );
+        assert!(link.missed.load(Ordering::Acquire), "the device is told");
         assert_eq!(router.inbox_head("alice"), DEVICE_QUEUE as u64 + 1);
     }
 }

@@ -9,6 +9,7 @@
 //! to the [`Router`]. One thread means no locks around sequence numbers and
 //! gap-free sequences by construction.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -21,7 +22,7 @@ use parley_storage::{Batch, Store};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use super::plan::BatchPlan;
+use super::plan::{BatchPlan, KnownUsers};
 use crate::metrics as m;
 use crate::router::{LiveEnvelope, Router};
 
@@ -177,6 +178,7 @@ struct Engine {
     router: Arc<Router>,
     config: EngineConfig,
     sequences: Sequences,
+    known_users: RefCell<KnownUsers>,
 }
 
 impl Engine {
@@ -186,6 +188,7 @@ impl Engine {
             router,
             config,
             sequences: Sequences::default(),
+            known_users: RefCell::default(),
         }
     }
 
@@ -205,7 +208,12 @@ impl Engine {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
-        let mut plan = BatchPlan::new(&self.store, &mut self.sequences, &self.config.limits);
+        let mut plan = BatchPlan::new(
+            &self.store,
+            &self.known_users,
+            &mut self.sequences,
+            &self.config.limits,
+        );
         let results: Vec<JobResult> = jobs
             .iter()
             .map(|job| plan.apply(&job.user, &job.command))

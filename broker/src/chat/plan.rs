@@ -2,7 +2,8 @@
 //! what earlier jobs of the same batch did), then its writes go into the
 //! shared `Batch` and its inbox appends into the delivery list.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use parley_chat_logic::channel::Channel;
@@ -15,12 +16,42 @@ use parley_storage::{Batch, GroupRecord, InboxEntry, StorageError, Store};
 
 use super::engine::{encode_body, internal, now_ms, Delivery, JobResult, Sequences};
 
-/// The registered users, as the pure chat rules ask for them.
-pub struct StoreDirectory<'a>(pub &'a Store);
+/// The registered users, as the pure chat rules ask for them: the store,
+/// optionally in front of a set of ids already found there. Accounts are
+/// never deleted, so an id found once stays valid for the broker's life.
+pub struct StoreDirectory<'a> {
+    store: &'a Store,
+    known: Option<&'a RefCell<KnownUsers>>,
+}
+
+/// Ids the engine has already found in the store.
+pub(super) type KnownUsers = HashSet<String>;
+
+impl<'a> StoreDirectory<'a> {
+    /// Asks the store every time.
+    pub fn new(store: &'a Store) -> Self {
+        StoreDirectory { store, known: None }
+    }
+
+    /// Asks the store only about ids not in `known`, and remembers them.
+    pub(super) fn cached(store: &'a Store, known: &'a RefCell<KnownUsers>) -> Self {
+        StoreDirectory {
+            store,
+            known: Some(known),
+        }
+    }
+}
 
 impl Directory for StoreDirectory<'_> {
     fn is_user(&self, id: &str) -> Result<bool, ChatError> {
-        self.0.user(id).map(|user| user.is_some()).map_err(internal)
+        if self.known.is_some_and(|known| known.borrow().contains(id)) {
+            return Ok(true);
+        }
+        let exists = self.store.has_user(id).map_err(internal)?;
+        if let (true, Some(known)) = (exists, self.known) {
+            known.borrow_mut().insert(id.to_owned());
+        }
+        Ok(exists)
     }
 }
 
@@ -29,6 +60,7 @@ type DedupKey = (String, String, String);
 /// One batch being planned.
 pub(super) struct BatchPlan<'a> {
     store: &'a Store,
+    known_users: &'a RefCell<KnownUsers>,
     sequences: &'a mut Sequences,
     limits: &'a Limits,
     now_ms: i64,
@@ -44,9 +76,15 @@ pub(super) struct BatchPlan<'a> {
 }
 
 impl<'a> BatchPlan<'a> {
-    pub(super) fn new(store: &'a Store, sequences: &'a mut Sequences, limits: &'a Limits) -> Self {
+    pub(super) fn new(
+        store: &'a Store,
+        known_users: &'a RefCell<KnownUsers>,
+        sequences: &'a mut Sequences,
+        limits: &'a Limits,
+    ) -> Self {
         BatchPlan {
             store,
+            known_users,
             sequences,
             limits,
             now_ms: now_ms(),
@@ -58,20 +96,24 @@ impl<'a> BatchPlan<'a> {
         }
     }
 
+    fn directory(&self) -> StoreDirectory<'a> {
+        StoreDirectory::cached(self.store, self.known_users)
+    }
+
     /// Plans one job; on error nothing of it is in the batch.
     pub(super) fn apply(&mut self, user: &str, command: &Command) -> JobResult {
         match command {
             Command::Send(send) => self.send(user, send),
             Command::CreateGroup(create) => {
                 let existing = self.group(&create.group_id)?;
-                let directory = StoreDirectory(self.store);
+                let directory = self.directory();
                 let change =
                     group::create(user, create, existing.as_ref(), &directory, self.limits)?;
                 self.group_change(&create.group_id, change)
             }
             Command::ChangeMembers(change) => {
                 let current = self.group(&change.group_id)?;
-                let directory = StoreDirectory(self.store);
+                let directory = self.directory();
                 let planned =
                     group::change_members(current.as_ref(), user, change, &directory, self.limits)?;
                 self.group_change(&change.group_id, planned)
@@ -101,7 +143,7 @@ impl<'a> BatchPlan<'a> {
             sender,
             &send.channel,
             group.as_ref(),
-            &StoreDirectory(self.store),
+            &self.directory(),
         )?;
         self.sequences
             .load(self.store, Some(&channel_id), &recipients)?;

@@ -34,7 +34,7 @@ pub fn history(
         Channel::Group(id) => store.group(id).map_err(internal)?.map(group_from_record),
         _ => None,
     };
-    send::recipients(user, channel, group.as_ref(), &StoreDirectory(store))?;
+    send::recipients(user, channel, group.as_ref(), &StoreDirectory::new(store))?;
     let (messages, more) = store
         .history(&channel.id(), before_seq, limit as usize)
         .map_err(internal)?;

@@ -104,13 +104,7 @@ pub async fn authenticate(
     if !shared.config.allow_password_login {
         return Err(refuse("password login is disabled"));
     }
-    let (user, password) = (login.username.clone(), login.password.clone());
-    let _slot = shared.auth.slot().await;
-    let verifier = shared.clone();
-    let verified = tokio::task::spawn_blocking(move || verifier.auth.verify(&user, &password))
-        .await
-        .map_err(|_| refuse("authentication task failed"))?;
-    match verified {
+    match shared.auth.verify(&login.username, &login.password).await {
         Ok(true) => Ok(client),
         Ok(false) => Err(refuse("bad username or password")),
         Err(error) => {

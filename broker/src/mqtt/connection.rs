@@ -505,8 +505,11 @@ impl Connection {
     }
 
     fn pump(&mut self) {
-        self.outbox
-            .observe_head(self.shared.router.inbox_head(&self.user));
+        if self.link.missed.swap(false, std::sync::atomic::Ordering::Acquire) {
+            // the router dropped envelopes for us: catch up to its head
+            self.outbox
+                .observe_head(self.shared.router.inbox_head(&self.user));
+        }
         let pumped = self.outbox.pump();
         for outgoing in pumped.publishes {
             let topic = match outgoing.stream {

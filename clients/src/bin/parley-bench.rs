@@ -10,6 +10,11 @@
 use clap::Parser;
 use parley_client::bench::{self, BenchArgs};
 
+/// The same allocator as the broker's: the load generator shares the
+/// machine with the broker under test, so its own CPU cost matters.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
