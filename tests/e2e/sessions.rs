@@ -266,6 +266,33 @@ async fn mqtt5_receive_maximum_bounds_the_unacked_inbox_publishes() {
     assert_eq!(max_outstanding, RECEIVE_MAX, "the broker fills the window");
 }
 
+/// A connected device that stops acking: what the broker cannot queue for it
+/// (more than the live queue holds) is read back from the store later,
+/// in order, once it acks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connected_device_that_falls_behind_gets_everything_from_the_store_in_order() {
+    const RECEIVE_MAX: usize = 32;
+    const MESSAGES: usize = 600; // beyond the live queues (256)
+    let broker = TestBroker::start(USERS).await;
+    let mut opts = broker.v5_options("bob", "phone", Some(3600));
+    opts.set_receive_maximum(Some(RECEIVE_MAX as u16))
+        .set_manual_acks(true);
+    let mut bob = RawV5::connect(opts, "bob", "phone")
+        .await
+        .expect("connect");
+    bob.subscribe_own().await;
+
+    let texts: Vec<String> = (1..=MESSAGES).map(|i| format!("flood {i}")).collect();
+    send_texts(
+        &broker,
+        &texts.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+    .await;
+
+    let (received, _) = drain_with_window!(bob, MESSAGES, RECEIVE_MAX);
+    assert_eq!(received, (1..=MESSAGES as u64).collect::<Vec<u64>>());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_inflight_window_bounds_v4_deliveries() {
     const WINDOW: usize = 4;
