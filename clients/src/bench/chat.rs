@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use super::conn::{self, error_kind};
 use super::pacing::Pacer;
 use super::report::{per_sec, Report};
+use super::stalled;
 use super::stats::Stats;
 use super::{payload, BenchArgs, Scenario};
 use crate::{direct_channel, group_channel, Client};
@@ -79,6 +80,15 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     let plan = Plan::new(args);
     let before = super::sample_memory(args);
     let clients = conn::connect_all_or_fail(args, &plan.logins, stats).await?;
+    // Slow consumers (`--stalled`, dm only): up before the `connected` sample,
+    // open until after the `after` one.
+    let stalled = match stalled::open_all(args, stats).await {
+        Ok(stalled) => stalled,
+        Err(err) => {
+            conn::disconnect_all(&clients).await;
+            return Err(err.context("opening the --stalled connections"));
+        }
+    };
     let connected = super::sample_memory(args);
     if let Err(err) = create_groups(&clients, &plan).await {
         conn::disconnect_all(&clients).await;
@@ -123,6 +133,8 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     while receivers.join_next().await.is_some() {}
     let _ = progress.await;
     let after = super::sample_memory(args);
+    let stalled_connections = stalled.len() as u64;
+    let stalled_closed = stalled.close().await;
     conn::disconnect_all(&clients).await;
     // Sends still waiting failed with the disconnect; let them count before the report.
     for (permits, all) in in_flight {
@@ -131,8 +143,15 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
 
     let mut report = report(stats, plan.recipients, send_start_us, args.duration);
     report.connections = clients.len() as u64;
-    report.broker_memory =
-        super::broker_memory(args, before, connected, after, clients.len() as u64);
+    report.stalled_connections = stalled_connections;
+    report.stalled_closed_by_broker = stalled_closed;
+    report.broker_memory = super::broker_memory(
+        args,
+        before,
+        connected,
+        after,
+        clients.len() as u64 + stalled_connections,
+    );
     Ok(report)
 }
 

@@ -4,7 +4,11 @@
 //! Scenarios:
 //! - `dm`: `--pairs` N sender/receiver pairs; sender `{prefix}{2i}` sends to
 //!   the direct channel with receiver `{prefix}{2i+1}`, open loop at
-//!   `--rate` messages per second in all.
+//!   `--rate` messages per second in all. With `--stalled` N, N more raw
+//!   connections log in as the receivers (`{prefix}{2i+1}` in turn, device
+//!   `stalled{k}`), subscribe to their inbox at QoS 1 and never read again:
+//!   slow consumers, to show that they neither grow the broker's memory
+//!   without bound nor slow the other receivers (module `stalled`).
 //! - `group`: `--groups` groups of `--group-size` members (default 100);
 //!   member 0 of each creates the group and sends; every message is fanned
 //!   out to every member's inbox.
@@ -20,6 +24,14 @@
 //! Every phase is bounded: sending stops after `--duration`, waiting for the
 //! last acks and deliveries after `--drain-secs`; the run ends by itself.
 //!
+//! For example, 50 pairs with one stalled device per receiver, the broker's
+//! RSS sampled before, once connected and at the end (stalled sockets still
+//! open):
+//!
+//! ```text
+//! parley-bench dm --pairs 50 --rate 5000 --duration 30 --stalled 50 --broker-pid $(pidof parley)
+//! ```
+//!
 //! `parley-bench-report` turns the JSON reports of a whole `bench/run` into
 //! one Markdown summary ([`summary`]) and a latency chart ([`chart`]).
 
@@ -32,6 +44,7 @@ pub mod payload;
 mod relay;
 pub mod report;
 pub mod rss;
+mod stalled;
 pub mod stats;
 pub mod summary;
 
@@ -101,6 +114,10 @@ pub struct BenchArgs {
     /// Sender/receiver pairs (dm, relay).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub pairs: u32,
+    /// Extra connections that log in as the dm receivers (device
+    /// `stalled{k}`), subscribe to their inbox and never read (dm, TCP only).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub stalled: u32,
     /// Groups (group).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub groups: u32,
@@ -168,7 +185,17 @@ impl BenchArgs {
             !self.users_prefix.is_empty(),
             "--users-prefix must not be empty"
         );
-        parse_broker_addr(&self.broker)?;
+        let (_, _, transport) = parse_broker_addr(&self.broker)?;
+        if self.stalled > 0 {
+            anyhow::ensure!(
+                self.scenario == Scenario::Dm,
+                "--stalled applies to the dm scenario only"
+            );
+            anyhow::ensure!(
+                transport == Transport::Tcp,
+                "--stalled needs a TCP broker address (HOST:PORT), not WebSocket"
+            );
+        }
         Ok(())
     }
 
@@ -206,7 +233,7 @@ impl BenchArgs {
 /// `--json` and `--markdown` when given).
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     args.validate()?;
-    warn_about_open_files(args.connection_count());
+    warn_about_open_files(args.connection_count() + args.stalled as usize);
     let stats = Arc::new(Stats::new());
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -359,6 +386,34 @@ mod tests {
         assert!(args.validate().is_ok());
         assert_eq!(args.connection_count(), 200);
         assert_eq!(args.user(7), "bench7");
+        assert_eq!(args.stalled, 0);
+    }
+
+    #[test]
+    fn stalled_is_for_dm_over_tcp() {
+        let args =
+            BenchArgs::try_parse_from(["parley-bench", "dm", "--pairs", "5", "--stalled", "8"])
+                .unwrap();
+        assert_eq!(args.stalled, 8);
+        assert!(args.validate().is_ok());
+        // The stalled connections come on top of the pairs.
+        assert_eq!(args.connection_count(), 10);
+        for refused in [
+            &["parley-bench", "group", "--stalled", "1"][..],
+            &["parley-bench", "relay", "--stalled", "1"][..],
+            &[
+                "parley-bench",
+                "dm",
+                "--stalled",
+                "1",
+                "--broker",
+                "ws://127.0.0.1:8080/mqtt",
+            ][..],
+        ] {
+            let args = BenchArgs::try_parse_from(refused).unwrap();
+            assert!(args.validate().is_err(), "{refused:?}");
+        }
+        assert!(BenchArgs::try_parse_from(["parley-bench", "dm", "--stalled", "-1"]).is_err());
     }
 
     #[test]

@@ -42,13 +42,13 @@ pub struct BrokerMemory {
     pub pid: u32,
     /// RSS before the bench connected, KiB.
     pub before_kb: u64,
-    /// RSS once every connection was up, KiB.
+    /// RSS once every connection (stalled ones included) was up, KiB.
     pub connected_kb: u64,
-    /// RSS at the end of the run (connections still up), KiB.
+    /// RSS at the end of the run (connections, stalled ones included, still up), KiB.
     pub after_kb: u64,
     /// Peak RSS of the broker's life so far (`VmHWM`), KiB.
     pub peak_kb: u64,
-    /// (connected - before) / connections, bytes.
+    /// (connected - before) / connections (stalled ones included), bytes.
     pub growth_per_connection_bytes: f64,
 }
 
@@ -72,6 +72,11 @@ pub struct Report {
     pub connections: u64,
     /// Connections that failed.
     pub connect_errors: u64,
+    /// Extra connections subscribed to the receivers' inboxes that never
+    /// read (`dm --stalled`); not in `connections`.
+    pub stalled_connections: u64,
+    /// Stalled connections the broker had closed by the end of the run.
+    pub stalled_closed_by_broker: u64,
     /// Seconds of the sending phase as scheduled.
     pub send_secs: f64,
     /// Seconds of the whole run, connecting and draining included.
@@ -155,6 +160,15 @@ impl Report {
                 format!("{} ({} failed)", self.connections, self.connect_errors),
             ),
         ];
+        if self.stalled_connections > 0 {
+            rows.push((
+                "stalled receivers (never read)".into(),
+                format!(
+                    "{} ({} closed by the broker)",
+                    self.stalled_connections, self.stalled_closed_by_broker
+                ),
+            ));
+        }
         let p = &self.params;
         match self.scenario.as_str() {
             "dm" | "relay" => rows.push(("pairs".into(), p.pairs.to_string())),
@@ -320,6 +334,29 @@ mod tests {
             .lines()
             .filter(|l| l.starts_with("| ") && !l.starts_with("| metric"))
             .all(|l| l.matches(" | ").count() == 1));
+        assert!(!md.contains("stalled"), "{md}");
+    }
+
+    #[test]
+    fn stalled_receivers_get_a_row() {
+        let report = Report {
+            stalled_connections: 50,
+            stalled_closed_by_broker: 2,
+            ..sample()
+        };
+        let md = report.to_markdown();
+        assert!(
+            md.contains("| stalled receivers (never read) | 50 (2 closed by the broker) |"),
+            "{md}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(v["stalled_connections"], 50);
+        assert_eq!(v["stalled_closed_by_broker"], 2);
+        let old = Report::from_json(r#"{"scenario": "dm"}"#).unwrap();
+        assert_eq!(
+            (old.stalled_connections, old.stalled_closed_by_broker),
+            (0, 0)
+        );
     }
 
     #[test]
