@@ -78,7 +78,12 @@ impl Verifier {
     /// answer time does not tell which user ids exist. The comparison is
     /// constant time. Errors are storage failures and unreadable stored
     /// hashes.
-    pub fn verify(&mut self, store: &Store, user: &str, password: &str) -> Result<bool, BrokerError> {
+    pub fn verify(
+        &mut self,
+        store: &Store,
+        user: &str,
+        password: &str,
+    ) -> Result<bool, BrokerError> {
         let Some(record) = store.user(user)? else {
             if let Some(dummy) = dummy_hash() {
                 let _ = self.verify_password(dummy, password);
@@ -95,7 +100,8 @@ impl Verifier {
     /// and parameters from `phc`). An unreadable `phc` is an error, a
     /// mismatch is `Ok(false)`.
     pub fn verify_password(&mut self, phc: &str, password: &str) -> Result<bool, BrokerError> {
-        let unreadable = |e: &dyn std::fmt::Display| BrokerError::PasswordHash(format!("stored hash: {e}"));
+        let unreadable =
+            |e: &dyn std::fmt::Display| BrokerError::PasswordHash(format!("stored hash: {e}"));
         let hash = PasswordHash::new(phc).map_err(|e| unreadable(&e))?;
         let algorithm = Algorithm::try_from(hash.algorithm).map_err(|e| unreadable(&e))?;
         let version = match hash.version {
@@ -107,14 +113,21 @@ impl Verifier {
             return Err(unreadable(&"no salt or no hash"));
         };
         let mut salt_bytes = [0u8; 64];
-        let salt = salt.decode_b64(&mut salt_bytes).map_err(|e| unreadable(&e))?;
+        let salt = salt
+            .decode_b64(&mut salt_bytes)
+            .map_err(|e| unreadable(&e))?;
         if self.memory.len() < params.block_count() {
             self.memory.resize(params.block_count(), Block::default());
         }
         let mut computed = [0u8; 64];
         let computed = &mut computed[..expected.len()];
         Argon2::new(algorithm, version, params)
-            .hash_password_into_with_memory(password.as_bytes(), salt, computed, &mut self.memory[..])
+            .hash_password_into_with_memory(
+                password.as_bytes(),
+                salt,
+                computed,
+                &mut self.memory[..],
+            )
             .map_err(|e| unreadable(&e))?;
         // `Output`'s equality is constant time.
         let computed = Output::new(computed).map_err(|e| unreadable(&e))?;

@@ -75,9 +75,9 @@ impl Authenticator {
                 std::thread::Builder::new()
                     .name(format!("parley-auth-{n}"))
                     .spawn(move || run_verifier(&store, &queue, &cache))
-                    .inspect_err(|error| {
-                        tracing::error!(%error, "could not start a verification thread")
-                    })
+                    .inspect_err(
+                        |error| tracing::error!(%error, "could not start a verification thread"),
+                    )
                     .ok()
             })
             .collect();

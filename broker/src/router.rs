@@ -3,16 +3,16 @@
 //! Chat topics are routed by user id, not by matching filters: the engine
 //! hands every committed inbox envelope to [`Router::deliver`], which offers
 //! it to each connected device of that user through a small bounded queue.
-//! A queue that is full drops the envelope and raises the device's `missed`
-//! flag: the device then compares its cursor with [`Router::inbox_head`] and
-//! reads what it missed back from RocksDB.
+//! A queue that is full drops the envelope and says so: the device then
+//! compares its cursor with [`Router::inbox_head`] and reads what it missed
+//! back from RocksDB.
 //! So a slow device never costs more memory than its queue and window.
 
 use bytes::Bytes;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use tokio::sync::mpsc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Capacity of each device's live queue.
@@ -27,14 +27,71 @@ pub struct LiveEnvelope {
     pub payload: Bytes,
 }
 
+/// One device's live queue: at most [`DEVICE_QUEUE`] envelopes, taken all
+/// at once by the connection. Lighter than a channel (no memory until an
+/// envelope arrives, and emptied queues give theirs back), which matters
+/// with tens of thousands of mostly idle devices.
+#[derive(Default)]
+pub struct LiveQueue {
+    queue: Mutex<LiveState>,
+    ready: Notify,
+}
+
+#[derive(Default)]
+struct LiveState {
+    envelopes: VecDeque<LiveEnvelope>,
+    /// An envelope was dropped because the queue was full.
+    missed: bool,
+}
+
+/// What a connection takes from its live queue.
+#[derive(Debug, Default)]
+pub struct LiveBatch {
+    pub envelopes: VecDeque<LiveEnvelope>,
+    /// Envelopes were dropped: catch up from the store to the inbox head.
+    pub missed: bool,
+}
+
+impl LiveQueue {
+    /// Queues `envelope` unless the queue is full; false if it was dropped.
+    pub fn offer(&self, envelope: LiveEnvelope) -> bool {
+        let queued = {
+            let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            if state.envelopes.len() < DEVICE_QUEUE {
+                state.envelopes.push_back(envelope);
+                true
+            } else {
+                state.missed = true;
+                false
+            }
+        };
+        self.ready.notify_one();
+        queued
+    }
+
+    /// Takes everything queued (possibly nothing) without waiting.
+    pub fn take(&self) -> LiveBatch {
+        let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        LiveBatch {
+            envelopes: std::mem::take(&mut state.envelopes),
+            missed: std::mem::take(&mut state.missed),
+        }
+    }
+
+    /// Waits until something was offered since the last wait, then takes
+    /// everything queued. Cancel-safe.
+    pub async fn next(&self) -> LiveBatch {
+        self.ready.notified().await;
+        self.take()
+    }
+}
+
 /// What a connection receives from the router.
 pub struct DeviceLink {
     /// Unique per connection, so a stale connection cannot unregister its successor.
     pub conn_id: u64,
-    pub live: mpsc::Receiver<LiveEnvelope>,
-    /// Raised when an envelope could not be queued (queue full): the device
-    /// must catch up from the store up to [`Router::inbox_head`].
-    pub missed: Arc<AtomicBool>,
+    /// The device's live queue (see [`LiveQueue`]).
+    pub live: Arc<LiveQueue>,
     /// Cancelled when another connection takes over the same client id.
     pub taken_over: CancellationToken,
     /// The connection this one replaced, if it was still registered: cancelled
@@ -47,8 +104,7 @@ pub struct DeviceLink {
 
 struct Device {
     conn_id: u64,
-    live: mpsc::Sender<LiveEnvelope>,
-    missed: Arc<AtomicBool>,
+    live: Arc<LiveQueue>,
     taken_over: CancellationToken,
     finished: CancellationToken,
 }
@@ -75,14 +131,12 @@ impl Router {
     /// client id is told to go (session take-over).
     pub fn register(&self, user: &str, device: &str) -> DeviceLink {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
-        let (live_tx, live_rx) = mpsc::channel(DEVICE_QUEUE);
+        let live = Arc::new(LiveQueue::default());
         let taken_over = CancellationToken::new();
         let finished = CancellationToken::new();
-        let missed = Arc::new(AtomicBool::new(false));
         let entry = Device {
             conn_id,
-            live: live_tx,
-            missed: missed.clone(),
+            live: live.clone(),
             taken_over: taken_over.clone(),
             finished: finished.clone(),
         };
@@ -98,8 +152,7 @@ impl Router {
         });
         DeviceLink {
             conn_id,
-            live: live_rx,
-            missed,
+            live,
             taken_over,
             predecessor,
             _finished: finished.drop_guard(),
@@ -126,8 +179,8 @@ impl Router {
 
     /// Offers an envelope to every connected device of `user`; returns how
     /// many queues took it. Never blocks: a full queue drops the envelope
-    /// and raises the device's `missed` flag (after the head moved, so the
-    /// device that sees the flag sees a head covering the dropped envelope).
+    /// and remembers that it did (after the head moved, so the device that
+    /// learns of the drop sees a head covering the dropped envelope).
     pub fn deliver(&self, user: &str, envelope: LiveEnvelope) -> usize {
         if envelope.inbox_seq > 0 {
             self.head(user)
@@ -137,14 +190,11 @@ impl Router {
         let Some(entry) = users.get(user) else {
             return 0;
         };
-        let mut queued = 0;
-        for device in entry.devices.values() {
-            match device.live.try_send(envelope.clone()) {
-                Ok(()) => queued += 1,
-                Err(_) => device.missed.store(true, Ordering::Release),
-            }
-        }
-        queued
+        entry
+            .devices
+            .values()
+            .filter(|device| device.live.offer(envelope.clone()))
+            .count()
     }
 
     /// The highest inbox_seq delivered through the router for `user` since
@@ -190,14 +240,19 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_every_device_of_the_user_only() {
         let router = Router::new();
-        let mut phone = router.register("alice", "phone");
-        let mut laptop = router.register("alice", "laptop");
-        let mut bob = router.register("bob", "phone");
+        let phone = router.register("alice", "phone");
+        let laptop = router.register("alice", "laptop");
+        let bob = router.register("bob", "phone");
         assert_eq!(router.deliver("alice", envelope(1)), 2);
-        assert_eq!(phone.live.recv().await.unwrap().inbox_seq, 1);
-        assert_eq!(laptop.live.recv().await.unwrap().inbox_seq, 1);
-        assert!(bob.live.try_recv().is_err());
-        assert_eq!(router.inbox_head("alice"), 1);
+        assert_eq!(router.deliver("alice", envelope(2)), 2);
+        for link in [&phone, &laptop] {
+            let batch = link.live.next().await;
+            let seqs: Vec<u64> = batch.envelopes.iter().map(|e| e.inbox_seq).collect();
+            assert_eq!(seqs, [1, 2]);
+            assert!(!batch.missed);
+        }
+        assert!(bob.live.take().envelopes.is_empty());
+        assert_eq!(router.inbox_head("alice"), 2);
         assert_eq!(router.inbox_head("bob"), 0);
     }
 
@@ -232,12 +287,20 @@ mod tests {
         for seq in 1..=DEVICE_QUEUE as u64 {
             assert_eq!(router.deliver("alice", envelope(seq)), 1);
         }
-        assert!(!link.missed.load(Ordering::Acquire));
         assert_eq!(
             router.deliver("alice", envelope(DEVICE_QUEUE as u64 + 1)),
             0
         );
-        assert!(link.missed.load(Ordering::Acquire), "the device is told");
         assert_eq!(router.inbox_head("alice"), DEVICE_QUEUE as u64 + 1);
+        let batch = link.live.take();
+        assert_eq!(batch.envelopes.len(), DEVICE_QUEUE);
+        assert!(batch.missed, "the device is told");
+        assert_eq!(
+            router.deliver("alice", envelope(DEVICE_QUEUE as u64 + 2)),
+            1
+        );
+        let batch = link.live.take();
+        assert_eq!(batch.envelopes.len(), 1);
+        assert!(!batch.missed, "told once");
     }
 }

@@ -13,16 +13,28 @@ use crate::store::{write_options, Store};
 
 /// Writes that become visible together, all or none, at
 /// [`Store::commit`]. Dropping a batch without committing it writes nothing.
+///
+/// Writes are collected and handed to RocksDB sorted by column family and
+/// key (a stable sort: writes to one key keep their order). A group commit
+/// interleaves many channels and inboxes; in key order, each memtable
+/// insert starts from where the previous one ended instead of searching
+/// the skip list from the top, which was the engine's largest CPU cost.
 pub struct Batch {
     store: Store,
-    writes: WriteBatch,
+    writes: Vec<Write>,
+}
+
+/// One put (`Some(value)`) or delete (`None`).
+struct Write {
+    cf: Cf,
+    key: Vec<u8>,
+    value: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Batch")
             .field("writes", &self.writes.len())
-            .field("bytes", &self.writes.size_in_bytes())
             .finish()
     }
 }
@@ -31,7 +43,7 @@ impl Batch {
     /// Stores `message` under its `channel` and `seq`.
     pub fn put_message(&mut self, message: &ChatMessage) -> Result<(), StorageError> {
         let key = keys::seq_key(&message.channel, message.seq)?;
-        self.put(Cf::Messages, &key, &message.encode_to_vec())
+        self.put(Cf::Messages, key, message.encode_to_vec())
     }
 
     /// Appends `entry` to `user`'s inbox at `inbox_seq`.
@@ -42,7 +54,7 @@ impl Batch {
         entry: &InboxEntry,
     ) -> Result<(), StorageError> {
         let key = keys::seq_key(user, inbox_seq)?;
-        self.put(Cf::Inbox, &key, &entry.encode())
+        self.put(Cf::Inbox, key, entry.encode())
     }
 
     /// Remembers that `sender`'s `client_msg_id` in `channel` got `seq`.
@@ -54,19 +66,23 @@ impl Batch {
         seq: u64,
     ) -> Result<(), StorageError> {
         let key = keys::dedup_key(sender, channel, client_msg_id)?;
-        self.put(Cf::Dedup, &key, &keys::encode_seq(seq))
+        self.put(Cf::Dedup, key, keys::encode_seq(seq).to_vec())
     }
 
     /// Creates or replaces the group `group.id`.
     pub fn put_group(&mut self, group: &GroupRecord) -> Result<(), StorageError> {
         let key = keys::id_key(&group.id)?;
-        self.put(Cf::Groups, &key, &records::to_json("group", group)?)
+        self.put(Cf::Groups, key, records::to_json("group", group)?)
     }
 
     /// Removes the group `id` (nothing happens if it does not exist).
     pub fn delete_group(&mut self, id: &str) -> Result<(), StorageError> {
         let key = keys::id_key(id)?;
-        self.writes.delete_cf(self.store.cf(Cf::Groups)?, key);
+        self.writes.push(Write {
+            cf: Cf::Groups,
+            key,
+            value: None,
+        });
         Ok(())
     }
 
@@ -80,9 +96,28 @@ impl Batch {
         self.writes.is_empty()
     }
 
-    fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-        self.writes.put_cf(self.store.cf(cf)?, key, value);
+    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
+        self.writes.push(Write {
+            cf,
+            key,
+            value: Some(value),
+        });
         Ok(())
+    }
+
+    /// The RocksDB batch, in column family and key order.
+    fn into_write_batch(mut self) -> Result<WriteBatch, StorageError> {
+        self.writes
+            .sort_by(|a, b| (a.cf as u8, &a.key).cmp(&(b.cf as u8, &b.key)));
+        let mut batch = WriteBatch::default();
+        for write in &self.writes {
+            let cf = self.store.cf(write.cf)?;
+            match &write.value {
+                Some(value) => batch.put_cf(cf, &write.key, value),
+                None => batch.delete_cf(cf, &write.key),
+            }
+        }
+        Ok(batch)
     }
 }
 
@@ -91,7 +126,7 @@ impl Store {
     pub fn batch(&self) -> Batch {
         Batch {
             store: self.clone(),
-            writes: WriteBatch::default(),
+            writes: Vec::new(),
         }
     }
 
@@ -106,10 +141,8 @@ impl Store {
             std::sync::Arc::ptr_eq(&self.db, &batch.store.db),
             "batch committed to another store"
         );
-        batch
-            .store
-            .db
-            .write_opt(batch.writes, &write_options(sync))?;
+        let writes = batch.into_write_batch()?;
+        self.db.write_opt(writes, &write_options(sync))?;
         Ok(())
     }
 }

@@ -139,12 +139,8 @@ impl<'a> BatchPlan<'a> {
             Channel::Group(id) => self.group(id)?,
             _ => None,
         };
-        let recipients = send::recipients(
-            sender,
-            &send.channel,
-            group.as_ref(),
-            &self.directory(),
-        )?;
+        let recipients =
+            send::recipients(sender, &send.channel, group.as_ref(), &self.directory())?;
         self.sequences
             .load(self.store, Some(&channel_id), &recipients)?;
 

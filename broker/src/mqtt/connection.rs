@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
+use futures_util::FutureExt;
 use parley_chat_logic::acl::{self, PublishTopic};
+use parley_chat_logic::ids::ClientId;
 use parley_proto::topics;
 use parley_proto::v1::Reply;
 use parley_storage::StorageError;
@@ -39,7 +41,7 @@ use super::Shared;
 use crate::chat::encode_reply;
 use crate::chat::engine::now_ms;
 use crate::metrics as m;
-use crate::router::DeviceLink;
+use crate::router::{DeviceLink, LiveBatch};
 
 /// Requests of one device in progress at once.
 pub const MAX_PENDING_REQUESTS: usize = 64;
@@ -51,41 +53,55 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 
 /// Serves one accepted connection until it ends.
+///
+/// The phases before and after the packet loop run as boxed futures: a
+/// task's memory is its largest state, and it should be the loop's, which
+/// every idle connection holds, not the connect or teardown state.
 pub async fn serve(
-    mut io: Transport,
+    io: Transport,
     peer: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let mut buf = BytesMut::with_capacity(4096);
-    let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-    let packet = match connect::read_connect(
-        &mut io,
-        &mut buf,
-        timeout,
-        shared.config.max_packet_size,
-    )
-    .await
-    {
-        Ok(packet) => packet,
-        Err(refusal) => return refuse(io, peer, refusal).await,
-    };
-    let client = match connect::authenticate(&shared, &packet).await {
-        Ok(client) => client,
-        Err(refusal) => return refuse(io, peer, refusal).await,
+    let Some((io, buf, packet, client)) = Box::pin(accept(io, peer, &shared)).await else {
+        return;
     };
     let span = tracing::info_span!("conn", user = %client.user, device = %client.device, %peer);
     async move {
-        let Some(mut connection) =
-            Connection::establish(io, buf, packet, client, shared, peer).await
-        else {
+        let established = Connection::establish(io, buf, packet, client, shared, peer);
+        let Some(mut connection) = Box::pin(established).await else {
             return;
         };
         let close = connection.run(&shutdown).await;
-        connection.finish(close).await;
+        Box::pin(connection.finish(close)).await;
     }
     .instrument(span)
     .await
+}
+
+/// Reads and authenticates the CONNECT; refuses the connection otherwise.
+async fn accept(
+    mut io: Transport,
+    peer: SocketAddr,
+    shared: &Arc<Shared>,
+) -> Option<(Transport, BytesMut, connect::ConnectPacket, ClientId)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
+    let max_packet_size = shared.config.max_packet_size;
+    let packet = match connect::read_connect(&mut io, &mut buf, timeout, max_packet_size).await {
+        Ok(packet) => packet,
+        Err(refusal) => {
+            refuse(io, peer, refusal).await;
+            return None;
+        }
+    };
+    match connect::authenticate(shared, &packet).await {
+        Ok(client) => Some((io, buf, packet, client)),
+        Err(refusal) => {
+            refuse(io, peer, refusal).await;
+            None
+        }
+    }
 }
 
 async fn refuse(mut io: Transport, peer: SocketAddr, refusal: Refusal) {
@@ -166,7 +182,8 @@ struct Connection {
     requests: FuturesOrdered<RequestFuture>,
     fetch: Option<JoinHandle<Fetched>>,
     keep_alive: Option<Duration>,
-    deadline: Option<Instant>,
+    /// When the device last sent a packet (keep-alive).
+    last_seen: Instant,
     cursor_flush_at: Option<Instant>,
     persisted_cursor: u64,
 }
@@ -177,7 +194,7 @@ impl Connection {
         mut io: Transport,
         rbuf: BytesMut,
         packet: connect::ConnectPacket,
-        client: parley_chat_logic::ids::ClientId,
+        client: ClientId,
         shared: Arc<Shared>,
         peer: SocketAddr,
     ) -> Option<Connection> {
@@ -206,7 +223,7 @@ impl Connection {
         outbox.observe_head(start.inbox_head);
         let keep_alive = (packet.connect.keep_alive > 0)
             .then(|| Duration::from_millis(u64::from(packet.connect.keep_alive) * 1500));
-        let mut wbuf = BytesMut::with_capacity(4096);
+        let mut wbuf = BytesMut::new();
         let connack = connect::connack(
             packet.codec,
             start.present,
@@ -222,7 +239,6 @@ impl Connection {
                 .unregister(&client.user, &client.device, link.conn_id);
             return None;
         }
-        wbuf.clear();
         m::connection_opened();
         tracing::info!(
             session_present = start.present,
@@ -234,7 +250,7 @@ impl Connection {
             io,
             codec: packet.codec,
             rbuf,
-            wbuf,
+            wbuf: BytesMut::new(),
             inbox_topic: topics::inbox(&client.user),
             reply_topic: topics::reply(&client.user, &client.device),
             user: client.user,
@@ -247,7 +263,7 @@ impl Connection {
             requests: FuturesOrdered::new(),
             fetch: None,
             keep_alive,
-            deadline: None,
+            last_seen: Instant::now(),
             cursor_flush_at: None,
             persisted_cursor: start.cursor,
         };
@@ -256,7 +272,18 @@ impl Connection {
         Some(connection)
     }
 
+    /// The packet loop. The waits that outlive one event (shutdown, take-over,
+    /// keep-alive, cursor flush) are created once and re-armed only when
+    /// needed: re-creating them per event registered and dropped timer and
+    /// notify entries on every packet.
     async fn run(&mut self, shutdown: &CancellationToken) -> Close {
+        let shutdown = shutdown.cancelled();
+        let taken_over_token = self.link.taken_over.clone();
+        let taken_over = taken_over_token.cancelled();
+        let keep_alive_timer = tokio::time::sleep_until(self.keep_alive_due());
+        let cursor_timer = tokio::time::sleep(CURSOR_FLUSH);
+        tokio::pin!(shutdown, taken_over, keep_alive_timer, cursor_timer);
+        let mut cursor_armed_for = None;
         loop {
             if self.requests.len() < MAX_PENDING_REQUESTS && !self.rbuf.is_empty() {
                 if let Some(close) = self.handle_buffered().await {
@@ -266,25 +293,78 @@ impl Connection {
             if let Err(close) = self.pump_and_flush().await {
                 return close;
             }
+            if self.cursor_flush_at != cursor_armed_for {
+                if let Some(at) = self.cursor_flush_at {
+                    cursor_timer.as_mut().reset(at);
+                }
+                cursor_armed_for = self.cursor_flush_at;
+            }
+            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+                // an idle connection holds no read buffer
+                self.rbuf = BytesMut::new();
+            }
             let reading = self.requests.len() < MAX_PENDING_REQUESTS;
             tokio::select! {
-                _ = shutdown.cancelled() => return Close::Shutdown,
-                _ = self.link.taken_over.cancelled() => return Close::TakenOver,
+                _ = &mut shutdown => return Close::Shutdown,
+                _ = &mut taken_over => return Close::TakenOver,
                 read = self.io.read_into(&mut self.rbuf), if reading => match read {
                     Ok(0) => return Close::PeerClosed,
                     Ok(_) => {}
                     Err(error) => return Close::Io(error.to_string()),
                 },
-                Some(live) = self.link.live.recv() => self.outbox.push_live(live),
-                Some(done) = self.requests.next(), if !self.requests.is_empty() => self.finish_request(done),
+                live = self.link.live.next() => {
+                    self.on_live(live);
+                    self.take_ready_outgoing();
+                }
+                Some(done) = self.requests.next(), if !self.requests.is_empty() => {
+                    self.finish_request(done);
+                    self.take_ready_outgoing();
+                }
                 fetched = wait_for(self.fetch.as_mut()) => {
                     self.fetch = None;
                     if let Err(close) = self.on_fetched(fetched) {
                         return close;
                     }
                 }
-                _ = sleep_until_or_never(self.deadline) => return Close::KeepAliveTimeout,
-                _ = sleep_until_or_never(self.cursor_flush_at) => self.flush_cursor(),
+                _ = keep_alive_timer.as_mut(), if self.keep_alive.is_some() => {
+                    let due = self.keep_alive_due();
+                    if Instant::now() >= due {
+                        return Close::KeepAliveTimeout;
+                    }
+                    keep_alive_timer.as_mut().reset(due);
+                }
+                _ = cursor_timer.as_mut(), if self.cursor_flush_at.is_some() => self.flush_cursor(),
+            }
+        }
+    }
+
+    /// When the keep-alive runs out if nothing more arrives.
+    fn keep_alive_due(&self) -> Instant {
+        self.last_seen + self.keep_alive.unwrap_or(Duration::ZERO)
+    }
+
+    /// Envelopes from the router; when it had to drop some, catch up to the
+    /// inbox head from the store.
+    fn on_live(&mut self, live: LiveBatch) {
+        if live.missed {
+            self.outbox
+                .observe_head(self.shared.router.inbox_head(&self.user));
+        }
+        for envelope in live.envelopes {
+            self.outbox.push_live(envelope);
+        }
+    }
+
+    /// Takes every live envelope and finished request that is ready right
+    /// now, without waiting, so they leave in one write: a sender's reply,
+    /// its PUBACK and its own inbox copy are ready at nearly the same time.
+    fn take_ready_outgoing(&mut self) {
+        let live = self.link.live.take();
+        self.on_live(live);
+        while !self.requests.is_empty() {
+            match self.requests.next().now_or_never() {
+                Some(Some(done)) => self.finish_request(done),
+                _ => break,
             }
         }
     }
@@ -505,11 +585,6 @@ impl Connection {
     }
 
     fn pump(&mut self) {
-        if self.link.missed.swap(false, std::sync::atomic::Ordering::Acquire) {
-            // the router dropped envelopes for us: catch up to its head
-            self.outbox
-                .observe_head(self.shared.router.inbox_head(&self.user));
-        }
         let pumped = self.outbox.pump();
         for outgoing in pumped.publishes {
             let topic = match outgoing.stream {
@@ -537,7 +612,8 @@ impl Connection {
             return Ok(());
         }
         let written = tokio::time::timeout(WRITE_TIMEOUT, self.io.write_all(&self.wbuf)).await;
-        self.wbuf.clear();
+        // Released, not cleared: an idle connection holds no write buffer.
+        self.wbuf = BytesMut::new();
         match written {
             Ok(Ok(())) => Ok(()),
             Ok(Err(error)) => Err(Close::Io(error.to_string())),
@@ -578,9 +654,7 @@ impl Connection {
     }
 
     fn touch(&mut self) {
-        self.deadline = self
-            .keep_alive
-            .map(|keep_alive| Instant::now() + keep_alive);
+        self.last_seen = Instant::now();
     }
 
     fn schedule_cursor_flush(&mut self) {
@@ -707,13 +781,6 @@ async fn open_session(
 async fn wait_for<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
     match future {
         Some(future) => future.await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_or_never(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
 }

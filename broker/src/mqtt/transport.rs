@@ -4,10 +4,13 @@
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use std::io;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+/// Bytes reserved for each read from a TCP socket.
+const READ_CHUNK: usize = 4096;
 
 /// One accepted connection's transport.
 pub enum Transport {
@@ -18,9 +21,19 @@ pub enum Transport {
 impl Transport {
     /// Appends whatever arrives next to `buf`; `Ok(0)` means the peer closed.
     /// Cancel-safe: nothing is lost if the future is dropped.
+    ///
+    /// On TCP, `buf` only grows once the socket is readable: an idle
+    /// connection waits with an empty buffer instead of a reserved one.
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Transport::Tcp(stream) => stream.read_buf(buf).await,
+            Transport::Tcp(stream) => loop {
+                stream.readable().await?;
+                buf.reserve(READ_CHUNK);
+                match stream.try_read_buf(buf) {
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+                    read => return read,
+                }
+            },
             Transport::WebSocket(ws) => loop {
                 match ws.next().await {
                     None => return Ok(0),
