@@ -312,7 +312,7 @@ impl Connection {
                     Ok(_) => {}
                     Err(error) => return Close::Io(error.to_string()),
                 },
-                live = self.link.live.next() => {
+                live = self.link.live.next(), if !self.outbox.is_saturated() => {
                     self.on_live(live);
                     self.take_ready_outgoing();
                 }
@@ -359,8 +359,10 @@ impl Connection {
     /// now, without waiting, so they leave in one write: a sender's reply,
     /// its PUBACK and its own inbox copy are ready at nearly the same time.
     fn take_ready_outgoing(&mut self) {
-        let live = self.link.live.take();
-        self.on_live(live);
+        if !self.outbox.is_saturated() {
+            let live = self.link.live.take();
+            self.on_live(live);
+        }
         while !self.requests.is_empty() {
             match self.requests.next().now_or_never() {
                 Some(Some(done)) => self.finish_request(done),

@@ -120,6 +120,15 @@ impl Outbox {
         }
     }
 
+    /// True while nothing more can be sent on the inbox stream until the
+    /// device acknowledges: the window is full and a live backlog is queued.
+    /// The connection then stops taking envelopes from the router, whose
+    /// own bounded queue drops (and records) the rest: a device that never
+    /// reads costs no more work per message.
+    pub fn is_saturated(&self) -> bool {
+        self.room() == 0 && !self.live.is_empty()
+    }
+
     /// A PUBACK from the device; returns true when `acked_upto` moved.
     pub fn on_puback(&mut self, pkid: u16) -> bool {
         match self.inflight.remove(&pkid) {
@@ -307,6 +316,21 @@ mod tests {
         assert!(outbox.pump().publishes.is_empty(), "window full");
         assert!(outbox.on_puback(first.publishes[0].pkid));
         assert_eq!(outbox.acked_upto(), 1);
+        assert_eq!(seqs(&outbox.pump()), vec![3]);
+    }
+
+    #[test]
+    fn saturated_only_while_the_window_is_full_and_a_backlog_waits() {
+        let mut outbox = inbox_outbox(2, 0);
+        outbox.push_live(live(1));
+        outbox.push_live(live(2));
+        assert!(!outbox.is_saturated(), "room in the window");
+        let sent = outbox.pump();
+        assert!(!outbox.is_saturated(), "window full, nothing waiting");
+        outbox.push_live(live(3));
+        assert!(outbox.is_saturated());
+        outbox.on_puback(sent.publishes[0].pkid);
+        assert!(!outbox.is_saturated(), "an ack makes room");
         assert_eq!(seqs(&outbox.pump()), vec![3]);
     }
 
