@@ -285,13 +285,18 @@ impl Connection {
         tokio::pin!(shutdown, taken_over, keep_alive_timer, cursor_timer);
         let mut cursor_armed_for = None;
         loop {
+            // Boxed: handling packets and writing need the largest states;
+            // inline they would size every idle connection's task.
             if self.requests.len() < MAX_PENDING_REQUESTS && !self.rbuf.is_empty() {
-                if let Some(close) = self.handle_buffered().await {
+                if let Some(close) = Box::pin(self.handle_buffered()).await {
                     return close;
                 }
             }
-            if let Err(close) = self.pump_and_flush().await {
-                return close;
+            self.pump();
+            if !self.wbuf.is_empty() {
+                if let Err(close) = Box::pin(self.flush()).await {
+                    return close;
+                }
             }
             if self.cursor_flush_at != cursor_armed_for {
                 if let Some(at) = self.cursor_flush_at {
@@ -610,6 +615,11 @@ impl Connection {
 
     async fn pump_and_flush(&mut self) -> Result<(), Close> {
         self.pump();
+        self.flush().await
+    }
+
+    /// Writes out the write buffer.
+    async fn flush(&mut self) -> Result<(), Close> {
         if self.wbuf.is_empty() {
             return Ok(());
         }

@@ -33,6 +33,9 @@ struct Args {
     /// The TrueType font the chart's text is laid out with.
     #[arg(long, value_name = "FILE", default_value = chart::DEFAULT_FONT)]
     font: PathBuf,
+    /// Hand-written findings (profiling, what is left) appended to the summary.
+    #[arg(long, value_name = "FILE")]
+    notes: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,11 +47,17 @@ fn main() -> anyhow::Result<()> {
         args.runs_dir.display()
     );
     let chart_link = write_chart(&args, &reports)?;
-    let markdown = summary::latest_markdown(
+    let mut markdown = summary::latest_markdown(
         &reports,
         &summary::machine_description(),
         chart_link.as_deref(),
     );
+    if let Some(notes) = &args.notes {
+        let text = std::fs::read_to_string(notes)
+            .with_context(|| format!("reading the notes {}", notes.display()))?;
+        markdown.push('\n');
+        markdown.push_str(&text);
+    }
     write_file(&args.markdown, &markdown)?;
     eprintln!(
         "parley-bench-report: {} reports -> {}",
