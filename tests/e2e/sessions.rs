@@ -277,9 +277,7 @@ async fn a_connected_device_that_falls_behind_gets_everything_from_the_store_in_
     let mut opts = broker.v5_options("bob", "phone", Some(3600));
     opts.set_receive_maximum(Some(RECEIVE_MAX as u16))
         .set_manual_acks(true);
-    let mut bob = RawV5::connect(opts, "bob", "phone")
-        .await
-        .expect("connect");
+    let mut bob = RawV5::connect(opts, "bob", "phone").await.expect("connect");
     bob.subscribe_own().await;
 
     let texts: Vec<String> = (1..=MESSAGES).map(|i| format!("flood {i}")).collect();
