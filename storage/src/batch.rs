@@ -43,7 +43,8 @@ impl Batch {
     /// Stores `message` under its `channel` and `seq`.
     pub fn put_message(&mut self, message: &ChatMessage) -> Result<(), StorageError> {
         let key = keys::seq_key(&message.channel, message.seq)?;
-        self.put(Cf::Messages, key, message.encode_to_vec())
+        self.put(Cf::Messages, key, message.encode_to_vec());
+        Ok(())
     }
 
     /// Appends `entry` to `user`'s inbox at `inbox_seq`.
@@ -54,7 +55,8 @@ impl Batch {
         entry: &InboxEntry,
     ) -> Result<(), StorageError> {
         let key = keys::seq_key(user, inbox_seq)?;
-        self.put(Cf::Inbox, key, entry.encode())
+        self.put(Cf::Inbox, key, entry.encode());
+        Ok(())
     }
 
     /// Remembers that `sender`'s `client_msg_id` in `channel` got `seq`.
@@ -66,13 +68,15 @@ impl Batch {
         seq: u64,
     ) -> Result<(), StorageError> {
         let key = keys::dedup_key(sender, channel, client_msg_id)?;
-        self.put(Cf::Dedup, key, keys::encode_seq(seq).to_vec())
+        self.put(Cf::Dedup, key, keys::encode_seq(seq).to_vec());
+        Ok(())
     }
 
     /// Creates or replaces the group `group.id`.
     pub fn put_group(&mut self, group: &GroupRecord) -> Result<(), StorageError> {
         let key = keys::id_key(&group.id)?;
-        self.put(Cf::Groups, key, records::to_json("group", group)?)
+        self.put(Cf::Groups, key, records::to_json("group", group)?);
+        Ok(())
     }
 
     /// Removes the group `id` (nothing happens if it does not exist).
@@ -96,13 +100,12 @@ impl Batch {
         self.writes.is_empty()
     }
 
-    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) -> Result<(), StorageError> {
+    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         self.writes.push(Write {
             cf,
             key,
             value: Some(value),
         });
-        Ok(())
     }
 
     /// The RocksDB batch, in column family and key order.

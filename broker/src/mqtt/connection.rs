@@ -184,7 +184,9 @@ struct Connection {
     keep_alive: Option<Duration>,
     /// When the device last sent a packet (keep-alive).
     last_seen: Instant,
-    cursor_flush_at: Option<Instant>,
+    /// Armed while an acked cursor waits to be written (durable sessions).
+    cursor_timer: Pin<Box<tokio::time::Sleep>>,
+    cursor_flush_pending: bool,
     persisted_cursor: u64,
 }
 
@@ -264,7 +266,8 @@ impl Connection {
             fetch: None,
             keep_alive,
             last_seen: Instant::now(),
-            cursor_flush_at: None,
+            cursor_timer: Box::pin(tokio::time::sleep(CURSOR_FLUSH)),
+            cursor_flush_pending: false,
             persisted_cursor: start.cursor,
         };
         connection.apply_subscriptions();
@@ -281,9 +284,7 @@ impl Connection {
         let taken_over_token = self.link.taken_over.clone();
         let taken_over = taken_over_token.cancelled();
         let keep_alive_timer = tokio::time::sleep_until(self.keep_alive_due());
-        let cursor_timer = tokio::time::sleep(CURSOR_FLUSH);
-        tokio::pin!(shutdown, taken_over, keep_alive_timer, cursor_timer);
-        let mut cursor_armed_for = None;
+        tokio::pin!(shutdown, taken_over, keep_alive_timer);
         loop {
             // Boxed: handling packets and writing need the largest states;
             // inline they would size every idle connection's task.
@@ -297,12 +298,6 @@ impl Connection {
                 if let Err(close) = Box::pin(self.flush()).await {
                     return close;
                 }
-            }
-            if self.cursor_flush_at != cursor_armed_for {
-                if let Some(at) = self.cursor_flush_at {
-                    cursor_timer.as_mut().reset(at);
-                }
-                cursor_armed_for = self.cursor_flush_at;
             }
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 // an idle connection holds no read buffer
@@ -338,7 +333,7 @@ impl Connection {
                     }
                     keep_alive_timer.as_mut().reset(due);
                 }
-                _ = cursor_timer.as_mut(), if self.cursor_flush_at.is_some() => self.flush_cursor(),
+                _ = self.cursor_timer.as_mut(), if self.cursor_flush_pending => self.flush_cursor(),
             }
         }
     }
@@ -670,15 +665,18 @@ impl Connection {
     }
 
     fn schedule_cursor_flush(&mut self) {
-        if self.durable.is_some() && self.cursor_flush_at.is_none() {
-            self.cursor_flush_at = Some(Instant::now() + CURSOR_FLUSH);
+        if self.durable.is_some() && !self.cursor_flush_pending {
+            self.cursor_flush_pending = true;
+            self.cursor_timer
+                .as_mut()
+                .reset(Instant::now() + CURSOR_FLUSH);
         }
     }
 
     /// Writes the acked cursor in the background (unsynced: losing it to a
     /// crash only means redelivery).
     fn flush_cursor(&mut self) {
-        self.cursor_flush_at = None;
+        self.cursor_flush_pending = false;
         let acked = self.outbox.acked_upto();
         if acked <= self.persisted_cursor {
             return;

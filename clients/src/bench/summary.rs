@@ -392,6 +392,34 @@ mod tests {
     }
 
     #[test]
+    fn reports_load_in_name_order_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let mut relay = Report {
+            label: "mosquitto".into(),
+            scenario: "relay".into(),
+            ..Report::default()
+        };
+        write("b.json", &relay.to_json());
+        relay.label = "parley".into();
+        write("a.json", &relay.to_json());
+        write("notes.md", "not a report");
+        let labels: Vec<String> = load_reports(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.label)
+            .collect();
+        assert_eq!(labels, ["parley", "mosquitto"]);
+
+        write("c.json", "{ not json");
+        let error = format!("{:#}", load_reports(dir.path()).unwrap_err());
+        assert!(
+            error.contains("c.json is not a parley-bench JSON report"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn missing_reference_gives_n_a() {
         let reports: Vec<Report> = full_run()
             .into_iter()
