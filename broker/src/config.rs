@@ -49,21 +49,61 @@ pub struct Config {
     pub ws_addr: SocketAddr,
     /// HTTP API.
     pub http_addr: SocketAddr,
-    /// MQTT over TLS: accepted and validated, unused until the TLS issue.
+    /// MQTT over TLS (needs `tls_cert` and `tls_key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_addr: Option<SocketAddr>,
-    /// PEM certificate chain for `tls_addr` (unused until the TLS issue).
+    /// MQTT over secure WebSocket, path `/mqtt` (needs `tls_cert` and `tls_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wss_addr: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listeners; with it the HTTP API is HTTPS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for `tls_addr` (unused until the TLS issue).
+    /// PEM private key of `tls_cert`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// Seconds a new TLS connection has to finish its handshake.
+    pub tls_handshake_timeout_secs: u64,
+    /// Advertised MQTT endpoints (`POST /v1/login`); unset: derived from the
+    /// listeners' ports and the request's Host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_tcp: Option<String>,
+    /// Advertised MQTT over TLS endpoint (`mqtts://host:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_tls: Option<String>,
+    /// Advertised WebSocket endpoint (`ws://host:port/mqtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_ws: Option<String>,
+    /// Advertised secure WebSocket endpoint (`wss://host:port/mqtt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery_wss: Option<String>,
+    /// Seconds a session token from `POST /v1/login` stays valid.
+    pub token_ttl_secs: u64,
+    /// Failed logins allowed per user id within `login_failure_window_secs`.
+    pub login_failures_per_user: u32,
+    /// Failed logins allowed per client address within the window.
+    pub login_failures_per_addr: u32,
+    /// The window of the failed-login limits, in seconds.
+    pub login_failure_window_secs: u64,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout_secs: u64,
     /// Most connections served at once, all listeners together.
     pub max_connections: usize,
-    /// Largest MQTT packet accepted, in bytes.
+    /// Most connections from one IP address that have not completed CONNECT.
+    pub max_connecting_per_addr: usize,
+    /// Most devices of one account connected at once.
+    pub max_devices_per_user: usize,
+    /// Largest MQTT packet accepted, in bytes (also bounds WebSocket frames
+    /// and messages).
     pub max_packet_size: usize,
+    /// Requests (and SUBSCRIBE / UNSUBSCRIBE packets) one device may have in
+    /// progress; announced as the MQTT 5 receive maximum.
+    pub receive_maximum: u16,
+    /// Requests per second one device may sustain.
+    pub request_rate: u32,
+    /// Requests one device may send in a burst above `request_rate`.
+    pub request_burst: u32,
+    /// Most subscription filters one connection may hold.
+    pub max_subscriptions: usize,
     /// QoS 1 in-flight window per device when the client sets none.
     pub inflight_window: u16,
     /// Most members of one group (at most [`MAX_GROUP_MEMBERS_LIMIT`]).
@@ -161,11 +201,27 @@ const KEYS: &[Key] = &[
     key("ws_addr", Kind::Addr),
     key("http_addr", Kind::Addr),
     optional("tls_addr", Kind::Addr),
+    optional("wss_addr", Kind::Addr),
     optional("tls_cert", Kind::Text),
     optional("tls_key", Kind::Text),
+    key("tls_handshake_timeout_secs", U32),
+    optional("discovery_tcp", Kind::Text),
+    optional("discovery_tls", Kind::Text),
+    optional("discovery_ws", Kind::Text),
+    optional("discovery_wss", Kind::Text),
+    key("token_ttl_secs", U32),
+    key("login_failures_per_user", U32),
+    key("login_failures_per_addr", U32),
+    key("login_failure_window_secs", U32),
     key("connect_timeout_secs", U32),
     key("max_connections", U32),
+    key("max_connecting_per_addr", U32),
+    key("max_devices_per_user", U32),
     key("max_packet_size", U32),
+    key("receive_maximum", U16),
+    key("request_rate", U32),
+    key("request_burst", U32),
+    key("max_subscriptions", U32),
     key("inflight_window", U16),
     key("max_group_members", U32),
     key("presence_timeout_secs", U32),
@@ -261,6 +317,7 @@ impl Config {
             ws_addr: any_port,
             http_addr: any_port,
             tls_addr: None,
+            wss_addr: None,
             ..Self::defaults()
         }
     }
@@ -278,7 +335,30 @@ impl Config {
         }
         for (key, value) in [
             ("connect_timeout_secs", self.connect_timeout_secs as usize),
+            (
+                "tls_handshake_timeout_secs",
+                self.tls_handshake_timeout_secs as usize,
+            ),
+            ("token_ttl_secs", self.token_ttl_secs as usize),
+            (
+                "login_failures_per_user",
+                self.login_failures_per_user as usize,
+            ),
+            (
+                "login_failures_per_addr",
+                self.login_failures_per_addr as usize,
+            ),
+            (
+                "login_failure_window_secs",
+                self.login_failure_window_secs as usize,
+            ),
             ("max_connections", self.max_connections),
+            ("max_connecting_per_addr", self.max_connecting_per_addr),
+            ("max_devices_per_user", self.max_devices_per_user),
+            ("receive_maximum", usize::from(self.receive_maximum)),
+            ("request_rate", self.request_rate as usize),
+            ("request_burst", self.request_burst as usize),
+            ("max_subscriptions", self.max_subscriptions),
             ("inflight_window", usize::from(self.inflight_window)),
             ("max_group_members", self.max_group_members),
             ("presence_timeout_secs", self.presence_timeout_secs as usize),
@@ -301,6 +381,7 @@ impl Config {
             return invalid("max_packet_size", &message);
         }
         self.validate_listeners()?;
+        self.validate_discovery()?;
         if let Some(url) = &self.push_gateway {
             let rest = url
                 .strip_prefix("https://")
@@ -316,12 +397,22 @@ impl Config {
     }
 
     fn validate_listeners(&self) -> Result<(), ConfigError> {
-        if self.tls_addr.is_some() {
-            for (key, value) in [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)] {
-                if value.is_none() {
-                    let message = "must be set when tls_addr is set".to_owned();
-                    return Err(ConfigError::Invalid { key, message });
-                }
+        let tls_listener = [("tls_addr", self.tls_addr), ("wss_addr", self.wss_addr)]
+            .into_iter()
+            .find(|(_, addr)| addr.is_some());
+        let pem = [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)];
+        let pem_set = pem.iter().filter(|(_, value)| value.is_some()).count();
+        for (key, value) in pem {
+            if value.is_some() {
+                continue;
+            }
+            if let Some((listener, _)) = tls_listener {
+                let message = format!("must be set when {listener} is set");
+                return Err(ConfigError::Invalid { key, message });
+            }
+            if pem_set > 0 {
+                let message = "tls_cert and tls_key go together: set both or neither".to_owned();
+                return Err(ConfigError::Invalid { key, message });
             }
         }
         let mut listeners = vec![
@@ -330,6 +421,7 @@ impl Config {
             ("http_addr", self.http_addr),
         ];
         listeners.extend(self.tls_addr.map(|addr| ("tls_addr", addr)));
+        listeners.extend(self.wss_addr.map(|addr| ("wss_addr", addr)));
         for (i, (key, addr)) in listeners.iter().enumerate() {
             let clash = listeners[..i]
                 .iter()
@@ -340,6 +432,45 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Each `discovery_*` URL must use its transport's scheme.
+    fn validate_discovery(&self) -> Result<(), ConfigError> {
+        let keys = [
+            ("discovery_tcp", &self.discovery_tcp, "mqtt://"),
+            ("discovery_tls", &self.discovery_tls, "mqtts://"),
+            ("discovery_ws", &self.discovery_ws, "ws://"),
+            ("discovery_wss", &self.discovery_wss, "wss://"),
+        ];
+        for (key, value, scheme) in keys {
+            let Some(url) = value else { continue };
+            if url.strip_prefix(scheme).is_none_or(str::is_empty) {
+                let message = format!("must be a {scheme}host:port URL, got {url:?}");
+                return Err(ConfigError::Invalid { key, message });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a certificate is configured: TLS listeners may run and the
+    /// HTTP API is served over HTTPS.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() && self.tls_key.is_some()
+    }
+
+    /// `tls_handshake_timeout_secs` as a duration.
+    pub fn tls_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.tls_handshake_timeout_secs)
+    }
+
+    /// `token_ttl_secs` as a duration.
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    /// `login_failure_window_secs` as a duration.
+    pub fn login_failure_window(&self) -> Duration {
+        Duration::from_secs(self.login_failure_window_secs)
     }
 
     /// `connect_timeout_secs` as a duration.

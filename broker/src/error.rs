@@ -15,18 +15,30 @@ pub enum BrokerError {
         #[source]
         source: std::io::Error,
     },
+    /// A TLS file named by config key `key` (`tls_cert` or `tls_key`) at
+    /// `path` cannot be used.
+    #[error("cannot use {key} = {}: {message}", path.display())]
+    Tls {
+        key: &'static str,
+        path: std::path::PathBuf,
+        message: String,
+    },
     #[error("invalid user id {0:?}: 1 to 64 characters of A-Z a-z 0-9 _ -")]
     InvalidUserId(String),
     #[error("user {0:?} already exists")]
     UserExists(String),
     #[error("user {0:?} does not exist")]
     UnknownUser(String),
-    #[error("the password must not be empty")]
-    EmptyPassword,
+    #[error("invalid password: {0}")]
+    BadPassword(String),
+    #[error("{0:?} is a service account, which has a secret instead of a password")]
+    NotAUser(String),
+    #[error("invalid service name {0:?}: 1 to 64 characters of A-Z a-z 0-9 _ -")]
+    InvalidServiceName(String),
+    #[error("too busy: {0} are queued up to their limit, try again shortly")]
+    Busy(&'static str),
     #[error("password hashing failed: {0}")]
     PasswordHash(String),
-    #[error("the chat engine has stopped")]
-    EngineStopped,
     #[error("the password verification pool has stopped")]
     VerifierStopped,
 }

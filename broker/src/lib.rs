@@ -1,32 +1,41 @@
 //! The Parley broker: the network front and the chat plugin.
 //!
-//! Owns: the listeners (TCP, WebSocket), MQTT sessions on rumqttd's packet
-//! codecs, authentication and topic ACLs, the router that maps user ids to
-//! connected devices, the chat engine that turns requests into durable
-//! batches, configuration and the HTTP API.
+//! Owns: the listeners (TCP, TLS, WebSocket, secure WebSocket), MQTT
+//! sessions on rumqttd's packet codecs, authentication and topic ACLs, the
+//! router that maps user ids to connected devices, the chat engine that
+//! turns requests into durable batches, configuration and the HTTP API.
 //! Must not: parse MQTT by hand (rumqttd's `protocol` does), hold chat rules
 //! (those are in `parley-chat-logic`) or encode keys (that is `parley-storage`).
 //!
 //! Layout:
 //! - [`config`]: the one typed configuration struct, file + `PARLEY_*` overrides.
 //! - [`server`]: [`Broker::start`], the accept loops and shutdown.
+//! - [`tls`]: rustls server configs from the PEM files, handshakes, the HTTPS listener.
 //! - [`mqtt`]: one connection's life: codec, CONNECT, session, packets.
 //! - [`router`]: user id -> connected devices; live delivery hand-off.
 //! - [`chat`]: the engine thread (group commit) and the read-side requests.
-//! - [`accounts`]: users and passwords (argon2) in the store.
-//! - [`auth`]: CONNECT authentication with a cache of recent verifications.
-//! - [`http`]: the HTTP API (`/v1/health`, `/metrics`).
+//! - [`accounts`]: users (argon2 passwords), service accounts and session
+//!   tokens in the store.
+//! - [`auth`]: who may connect: tokens, passwords (argon2 pool and cache),
+//!   failed-login limits.
+//! - [`http`]: the HTTP API (register, login and discovery, logout,
+//!   password, health, metrics).
+//! - [`rate`]: token buckets, the one rate rule of every limit.
+//! - [`clock`]: the wall clock in contract units.
 
 pub mod accounts;
 pub mod auth;
 pub mod chat;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod rate;
 pub mod router;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use error::BrokerError;

@@ -2,8 +2,8 @@
 //!
 //! - `parley serve [--config FILE] [--data-dir DIR] [--mqtt-addr ADDR] ...`
 //!   runs the broker until SIGINT or SIGTERM, printing one
-//!   `listening {mqtt|ws|http} ADDR` line per bound listener on stdout (logs
-//!   go to stderr), then drains and flushes.
+//!   `listening {mqtt|ws|http|tls|wss} ADDR` line per bound listener on
+//!   stdout (logs go to stderr), then drains and flushes.
 //! - `parley user add|list|passwd` manages accounts in the data dir of a
 //!   stopped broker.
 //! - `parley chat ...` is the command-line chat client (`parley_client::cli`).
@@ -54,6 +54,9 @@ enum Command {
     /// Manage accounts in the data dir of a stopped broker.
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage service accounts in the data dir of a stopped broker.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Chat from the command line (send, sync, history, listen, group).
     #[command(subcommand)]
     Chat(parley_client::cli::ChatCommand),
@@ -80,9 +83,21 @@ struct ServeArgs {
     /// MQTT over WebSocket listener, path /mqtt (key `ws_addr`).
     #[arg(long, value_name = "HOST:PORT")]
     ws_addr: Option<String>,
-    /// HTTP API listener (key `http_addr`).
+    /// HTTP API listener (key `http_addr`); HTTPS with --tls-cert and --tls-key.
     #[arg(long, value_name = "HOST:PORT")]
     http_addr: Option<String>,
+    /// MQTT over TLS listener (key `tls_addr`; needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "HOST:PORT")]
+    tls_addr: Option<String>,
+    /// MQTT over secure WebSocket listener, path /mqtt (key `wss_addr`).
+    #[arg(long, value_name = "HOST:PORT")]
+    wss_addr: Option<String>,
+    /// PEM certificate chain, leaf first (key `tls_cert`).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key of the certificate: PKCS#8, PKCS#1 or SEC1 (key `tls_key`).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
     /// Seconds of silence before a device is offline (key `presence_timeout_secs`).
     #[arg(long, value_name = "SECS")]
     presence_timeout: Option<String>,
@@ -99,6 +114,10 @@ impl ServeArgs {
             ("mqtt_addr", &self.mqtt_addr),
             ("ws_addr", &self.ws_addr),
             ("http_addr", &self.http_addr),
+            ("tls_addr", &self.tls_addr),
+            ("wss_addr", &self.wss_addr),
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
             ("presence_timeout_secs", &self.presence_timeout),
             ("push_gateway", &self.push_gateway),
         ];
@@ -137,11 +156,24 @@ enum UserCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Create the service account `svc:NAME`; prints its secret alone on
+    /// the last line, once (only a digest of it is kept).
+    Add {
+        /// The service name: 1 to 64 characters of A-Z a-z 0-9 _ -.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => runtime().and_then(|rt| rt.block_on(serve(args))),
         Command::User(command) => user(command),
+        Command::Service(command) => service(command),
         Command::Chat(command) => {
             runtime().and_then(|rt| rt.block_on(parley_client::cli::run(command)))
         }
@@ -209,6 +241,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     announce("mqtt", broker.mqtt_addr());
     announce("ws", broker.ws_addr());
     announce("http", broker.http_addr());
+    if let Some(addr) = broker.tls_addr() {
+        announce("tls", addr);
+    }
+    if let Some(addr) = broker.wss_addr() {
+        announce("wss", addr);
+    }
     tokio::spawn(cancel_on_signal(shutdown));
     broker.wait().await;
     Ok(())
@@ -298,6 +336,22 @@ fn user(command: UserCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn service(command: ServiceCommand) -> anyhow::Result<()> {
+    let env = process_env();
+    match command {
+        ServiceCommand::Add { name, config } => {
+            let store = open_store(&config, &env)?;
+            let secret = accounts::add_service(&store, &name)?;
+            println!("created service account svc:{name}");
+            println!(
+                "its secret (the CONNECT password and HTTP bearer of svc:{name}), shown once:"
+            );
+            println!("{secret}");
+        }
+    }
+    Ok(())
+}
+
 /// Opens the configured data dir; a running broker holding it is a clear
 /// error, not a RocksDB message.
 fn open_store(args: &ConfigArgs, env: &HashMap<String, String>) -> anyhow::Result<Store> {
@@ -311,7 +365,7 @@ fn open_store(args: &ConfigArgs, env: &HashMap<String, String>) -> anyhow::Resul
         Ok(store) => Ok(store),
         Err(StorageError::Locked(path)) => Err(anyhow::anyhow!(
             "the data dir {} is in use by a running broker: stop it first, or manage accounts \
-             through the broker's HTTP API (POST /v1/register)",
+             through the broker's HTTP API (POST /v1/register, POST /v1/password)",
             path.display()
         )),
         Err(error) => Err(error)
@@ -321,6 +375,8 @@ fn open_store(args: &ConfigArgs, env: &HashMap<String, String>) -> anyhow::Resul
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use clap::CommandFactory;
 
     use super::*;
@@ -374,6 +430,30 @@ mod tests {
     }
 
     #[test]
+    fn tls_flags_become_config_overrides() {
+        let cli = parse(&[
+            "serve",
+            "--tls-addr",
+            "127.0.0.1:8883",
+            "--wss-addr",
+            "127.0.0.1:8084",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+        ]);
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        let overrides = args.overrides();
+        let config = Config::load(None, &HashMap::new(), &overrides).unwrap();
+        assert_eq!(config.tls_addr, Some("127.0.0.1:8883".parse().unwrap()));
+        assert_eq!(config.wss_addr, Some("127.0.0.1:8084".parse().unwrap()));
+        assert_eq!(config.tls_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(config.tls_key.as_deref(), Some(Path::new("k.pem")));
+    }
+
+    #[test]
     fn user_commands_parse() {
         let cli = parse(&[
             "user",
@@ -409,6 +489,26 @@ mod tests {
             cli.command,
             Command::User(UserCommand::Passwd { .. })
         ));
+    }
+
+    #[test]
+    fn service_add_prints_the_secret_alone_on_the_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let cli = parse(&[
+            "service",
+            "add",
+            "billing",
+            "--data-dir",
+            &dir.path().display().to_string(),
+        ]);
+        let Command::Service(command) = cli.command else {
+            panic!("not service")
+        };
+        service(command).unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let accounts = accounts::list(&store).unwrap();
+        assert_eq!(accounts[0].id, "svc:billing");
+        assert_eq!(accounts[0].kind, AccountKind::Service);
     }
 
     #[test]

@@ -30,12 +30,18 @@ pub const STORE_COMMIT_SECONDS: &str = "parley_store_commit_seconds";
 pub const STORE_BATCH_SIZE: &str = "parley_store_batch_size";
 /// Error replies sent, label `code` (counter).
 pub const ERRORS_TOTAL: &str = "parley_errors_total";
-/// CONNECTs refused (bad client id, credentials, store unavailable) (counter).
+/// CONNECTs refused, label `reason` (bad client id, credentials, limits) (counter).
 pub const CONNECTS_REFUSED_TOTAL: &str = "parley_connects_refused_total";
 /// Subscription filters refused by the topic ACL (counter).
 pub const SUBSCRIPTIONS_REFUSED_TOTAL: &str = "parley_subscriptions_refused_total";
+/// HTTP logins, label `result` (counter).
+pub const LOGINS_TOTAL: &str = "parley_logins_total";
 /// Client publishes dropped, label `reason` (counter).
 pub const PUBLISHES_DROPPED_TOTAL: &str = "parley_publishes_dropped_total";
+/// Connections or requests refused by a limit or a failed handshake, label
+/// `reason` (`max_connections`, `max_connecting_per_addr`, `tls_handshake`,
+/// `ws_handshake`, ...) (counter).
+pub const REFUSALS_TOTAL: &str = "parley_refusals_total";
 
 const COMMIT_SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
@@ -118,6 +124,11 @@ fn describe() {
         PUBLISHES_DROPPED_TOTAL,
         "client publishes dropped, by reason"
     );
+    describe_counter!(LOGINS_TOTAL, "HTTP logins, by result");
+    describe_counter!(
+        REFUSALS_TOTAL,
+        "connections or requests refused by a limit or a failed handshake, by reason"
+    );
 }
 
 /// Renders every metric in the Prometheus text format, after the upkeep the
@@ -169,14 +180,27 @@ pub fn publish_dropped(reason: &'static str) {
     counter!(PUBLISHES_DROPPED_TOTAL, "reason" => reason).increment(1);
 }
 
-/// A CONNECT was answered with a refusing CONNACK.
-pub fn connect_refused() {
-    counter!(CONNECTS_REFUSED_TOTAL).increment(1);
+/// A CONNECT was answered with a refusing CONNACK, for `reason` (e.g.
+/// `"bad_password"`, `"expired_token"`, `"client_id_mismatch"`).
+pub fn connect_refused(reason: &'static str) {
+    counter!(CONNECTS_REFUSED_TOTAL, "reason" => reason).increment(1);
 }
 
 /// A subscription filter was refused by the topic ACL.
 pub fn subscription_refused() {
     counter!(SUBSCRIPTIONS_REFUSED_TOTAL).increment(1);
+}
+
+/// A login attempt over HTTP ended with `result` (`"success"`,
+/// `"failure"`, `"rate_limited"`).
+pub fn login(result: &'static str) {
+    counter!(LOGINS_TOTAL, "result" => result).increment(1);
+}
+
+/// Something was refused for `reason` (e.g. `"max_connections"`,
+/// `"tls_handshake"`): one counter, one label value per reason.
+pub fn refused(reason: &'static str) {
+    counter!(REFUSALS_TOTAL, "reason" => reason).increment(1);
 }
 
 #[cfg(test)]
@@ -194,6 +218,7 @@ mod tests {
         store_commit(Duration::from_millis(3), 7);
         error("NOT_MEMBER");
         publish_dropped("forbidden_topic");
+        refused("max_connections");
         connection_closed();
         let text = render(&second);
         for name in [
@@ -213,6 +238,10 @@ mod tests {
         );
         assert!(
             text.contains("parley_publishes_dropped_total{reason=\"forbidden_topic\"}"),
+            "{text}"
+        );
+        assert!(
+            text.contains("parley_refusals_total{reason=\"max_connections\"}"),
             "{text}"
         );
         assert!(

@@ -42,6 +42,19 @@ struct LiveState {
     envelopes: VecDeque<LiveEnvelope>,
     /// An envelope was dropped because the queue was full.
     missed: bool,
+    /// Why the router told this connection to go, once it has.
+    evicted: Option<Eviction>,
+}
+
+/// Why the router tells a connection to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Eviction {
+    /// A new connection with the same client id replaced it.
+    TakenOver,
+    /// Its device signed out (`POST /v1/logout`): drop its session.
+    LoggedOut,
+    /// Its account's password changed: it must log in again.
+    CredentialsRevoked,
 }
 
 /// What a connection takes from its live queue.
@@ -84,16 +97,33 @@ impl LiveQueue {
         self.ready.notified().await;
         self.take()
     }
+
+    /// Why the connection was told to go (once [`DeviceLink::stop`] fired).
+    pub fn eviction(&self) -> Option<Eviction> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner()).evicted
+    }
+
+    fn evict(&self, why: Eviction) {
+        let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        state.evicted.get_or_insert(why);
+    }
 }
 
-/// What a connection receives from the router.
+/// A connection's registration with the router. Dropping it leaves the
+/// router (unless a newer connection replaced this one already) and then
+/// tells a successor waiting in [`DeviceLink::predecessor`] that this
+/// connection has finished: keep it until the session is saved.
 pub struct DeviceLink {
+    router: Arc<Router>,
+    user: String,
+    device: String,
     /// Unique per connection, so a stale connection cannot unregister its successor.
     pub conn_id: u64,
     /// The device's live queue (see [`LiveQueue`]).
     pub live: Arc<LiveQueue>,
-    /// Cancelled when another connection takes over the same client id.
-    pub taken_over: CancellationToken,
+    /// Cancelled when the router tells this connection to go; the reason is
+    /// [`LiveQueue::eviction`].
+    pub stop: CancellationToken,
     /// The connection this one replaced, if it was still registered: cancelled
     /// once it has finished (its session saved). Wait for it before opening
     /// the session, so the two never write the session record concurrently.
@@ -102,11 +132,33 @@ pub struct DeviceLink {
     _finished: DropGuard,
 }
 
+impl Drop for DeviceLink {
+    fn drop(&mut self) {
+        self.router
+            .unregister(&self.user, &self.device, self.conn_id);
+    }
+}
+
+/// Refused registration: the account has `max` devices connected already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyDevices {
+    pub max: usize,
+}
+
 struct Device {
     conn_id: u64,
     live: Arc<LiveQueue>,
-    taken_over: CancellationToken,
+    stop: CancellationToken,
     finished: CancellationToken,
+}
+
+impl Device {
+    /// Tells the connection to go; returns what is cancelled once it has.
+    fn evict(&self, why: Eviction) -> CancellationToken {
+        self.live.evict(why);
+        self.stop.cancel();
+        self.finished.clone()
+    }
 }
 
 #[derive(Default)]
@@ -128,39 +180,65 @@ impl Router {
     }
 
     /// Registers a device connection; an older connection with the same
-    /// client id is told to go (session take-over).
-    pub fn register(&self, user: &str, device: &str) -> DeviceLink {
+    /// client id is told to go (session take-over). Refused when `user` has
+    /// `max_devices` other devices connected.
+    pub fn register(
+        self: &Arc<Self>,
+        user: &str,
+        device: &str,
+        max_devices: usize,
+    ) -> Result<DeviceLink, TooManyDevices> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
         let live = Arc::new(LiveQueue::default());
-        let taken_over = CancellationToken::new();
+        let stop = CancellationToken::new();
         let finished = CancellationToken::new();
         let entry = Device {
             conn_id,
             live: live.clone(),
-            taken_over: taken_over.clone(),
+            stop: stop.clone(),
             finished: finished.clone(),
         };
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        let previous = users
-            .entry(user.to_owned())
-            .or_default()
-            .devices
-            .insert(device.to_owned(), entry);
-        let predecessor = previous.map(|previous| {
-            previous.taken_over.cancel();
-            previous.finished
-        });
-        DeviceLink {
+        let devices = &mut users.entry(user.to_owned()).or_default().devices;
+        if !devices.contains_key(device) && devices.len() >= max_devices {
+            if devices.is_empty() {
+                users.remove(user);
+            }
+            return Err(TooManyDevices { max: max_devices });
+        }
+        let previous = devices.insert(device.to_owned(), entry);
+        drop(users);
+        let predecessor = previous.map(|previous| previous.evict(Eviction::TakenOver));
+        Ok(DeviceLink {
+            router: self.clone(),
+            user: user.to_owned(),
+            device: device.to_owned(),
             conn_id,
             live,
-            taken_over,
+            stop,
             predecessor,
             _finished: finished.drop_guard(),
-        }
+        })
+    }
+
+    /// Tells connected devices of `user` to go: `device` only, or every
+    /// device but `except`. Returns, per evicted connection, what is
+    /// cancelled once it has finished (its session saved or dropped).
+    pub fn evict(&self, user: &str, which: Devices<'_>, why: Eviction) -> Vec<CancellationToken> {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = users.get(user) else {
+            return Vec::new();
+        };
+        entry
+            .devices
+            .iter()
+            .filter(|(device, _)| which.includes(device))
+            .map(|(_, connection)| connection.evict(why))
+            .collect()
     }
 
     /// Removes a device connection, unless a newer one replaced it already.
-    pub fn unregister(&self, user: &str, device: &str, conn_id: u64) {
+    fn unregister(&self, user: &str, device: &str, conn_id: u64) {
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = users.get_mut(user) else {
             return;
@@ -206,10 +284,10 @@ impl Router {
             .map_or(0, |head| head.load(Ordering::Acquire))
     }
 
-    /// Whether any device of `user` is connected.
-    pub fn is_connected(&self, user: &str) -> bool {
+    /// How many devices of `user` are connected.
+    pub fn device_count(&self, user: &str) -> usize {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        users.contains_key(user)
+        users.get(user).map_or(0, |entry| entry.devices.len())
     }
 
     fn head(&self, user: &str) -> Arc<AtomicU64> {
@@ -223,6 +301,24 @@ impl Router {
         }
         let mut heads = self.heads.write().unwrap_or_else(|e| e.into_inner());
         heads.entry(user.to_owned()).or_default().clone()
+    }
+}
+
+/// Which devices of a user [`Router::evict`] tells to go.
+#[derive(Debug, Clone, Copy)]
+pub enum Devices<'a> {
+    /// This one.
+    Only(&'a str),
+    /// Every one but this one.
+    AllBut(&'a str),
+}
+
+impl Devices<'_> {
+    fn includes(&self, device: &str) -> bool {
+        match self {
+            Devices::Only(only) => device == *only,
+            Devices::AllBut(kept) => device != *kept,
+        }
     }
 }
 
@@ -240,9 +336,9 @@ mod tests {
     #[tokio::test]
     async fn delivers_to_every_device_of_the_user_only() {
         let router = Router::new();
-        let phone = router.register("alice", "phone");
-        let laptop = router.register("alice", "laptop");
-        let bob = router.register("bob", "phone");
+        let phone = register(&router, "alice", "phone");
+        let laptop = register(&router, "alice", "laptop");
+        let bob = register(&router, "bob", "phone");
         assert_eq!(router.deliver("alice", envelope(1)), 2);
         assert_eq!(router.deliver("alice", envelope(2)), 2);
         for link in [&phone, &laptop] {
@@ -256,34 +352,92 @@ mod tests {
         assert_eq!(router.inbox_head("bob"), 0);
     }
 
+    fn register(router: &Arc<Router>, user: &str, device: &str) -> DeviceLink {
+        router
+            .register(user, device, 100)
+            .expect("room for the device")
+    }
+
     #[test]
     fn a_second_connection_takes_over_the_first() {
         let router = Router::new();
-        let first = router.register("alice", "phone");
-        let second = router.register("alice", "phone");
-        assert!(first.taken_over.is_cancelled());
-        assert!(!second.taken_over.is_cancelled());
+        let first = register(&router, "alice", "phone");
+        let second = register(&router, "alice", "phone");
+        assert!(first.stop.is_cancelled());
+        assert_eq!(first.live.eviction(), Some(Eviction::TakenOver));
+        assert!(!second.stop.is_cancelled());
         let predecessor = second.predecessor.clone().expect("first was registered");
         assert!(!predecessor.is_cancelled());
-        let first_id = first.conn_id;
         drop(first);
         assert!(
             predecessor.is_cancelled(),
             "dropping a link tells its successor"
         );
-        router.unregister("alice", "phone", first_id);
-        assert!(
-            router.is_connected("alice"),
-            "stale unregister must not remove the successor"
+        assert_eq!(
+            router.device_count("alice"),
+            1,
+            "the stale link leaving must not remove the successor"
         );
-        router.unregister("alice", "phone", second.conn_id);
-        assert!(!router.is_connected("alice"));
+        drop(second);
+        assert_eq!(router.device_count("alice"), 0);
+    }
+
+    #[test]
+    fn devices_per_user_are_limited_but_a_reconnect_is_not_counted_twice() {
+        let router = Router::new();
+        let phone = router.register("alice", "phone", 2).unwrap();
+        let _laptop = router.register("alice", "laptop", 2).unwrap();
+        assert_eq!(
+            router.register("alice", "tablet", 2).err(),
+            Some(TooManyDevices { max: 2 })
+        );
+        let _again = router
+            .register("alice", "phone", 2)
+            .expect("the same device replaces itself");
+        assert!(phone.stop.is_cancelled());
+        assert!(
+            router.register("bob", "tablet", 2).is_ok(),
+            "other users are not affected"
+        );
+        assert!(router.register("carol", "x", 0).is_err());
+        assert_eq!(
+            router.device_count("carol"),
+            0,
+            "a refusal leaves nothing behind"
+        );
+    }
+
+    #[test]
+    fn eviction_reaches_the_chosen_devices_with_its_reason() {
+        let router = Router::new();
+        let phone = register(&router, "alice", "phone");
+        let laptop = register(&router, "alice", "laptop");
+        let bob = register(&router, "bob", "phone");
+        let finished = router.evict(
+            "alice",
+            Devices::AllBut("phone"),
+            Eviction::CredentialsRevoked,
+        );
+        assert_eq!(finished.len(), 1);
+        assert!(!phone.stop.is_cancelled() && laptop.stop.is_cancelled());
+        assert_eq!(laptop.live.eviction(), Some(Eviction::CredentialsRevoked));
+        drop(laptop);
+        assert!(
+            finished[0].is_cancelled(),
+            "finished once the link is dropped"
+        );
+        router.evict("alice", Devices::Only("phone"), Eviction::LoggedOut);
+        assert_eq!(phone.live.eviction(), Some(Eviction::LoggedOut));
+        assert!(!bob.stop.is_cancelled());
+        assert!(router
+            .evict("nobody", Devices::Only("x"), Eviction::LoggedOut)
+            .is_empty());
     }
 
     #[test]
     fn a_full_queue_drops_instead_of_blocking() {
         let router = Router::new();
-        let link = router.register("alice", "phone");
+        let link = register(&router, "alice", "phone");
         for seq in 1..=DEVICE_QUEUE as u64 {
             assert_eq!(router.deliver("alice", envelope(seq)), 1);
         }

@@ -1,5 +1,8 @@
 //! Who may use which MQTT topic.
 //!
+//! `user` is an account id: a user id, or `svc:{name}` for a service, whose
+//! topics are `req/svc:{name}/{device}` and so on.
+//!
 //! A user may subscribe only to filters whose every possible match is one of
 //! its own topics: `inbox/{user}`, `reply/{user}/{any level}` and
 //! `presence/{any level}/{user}`. A device may publish only to its own
@@ -25,7 +28,7 @@ pub enum PublishTopic {
 /// and heartbeat topics are open; other users, other devices, wildcards and
 /// extra levels are [`PublishTopic::Forbidden`].
 pub fn classify_publish(user: &str, device: &str, topic: &str) -> PublishTopic {
-    if !ids::is_valid_id(user) || !ids::is_valid_id(device) {
+    if !ids::is_valid_account_id(user) || !ids::is_valid_id(device) {
         return PublishTopic::Forbidden;
     }
     let mut levels = topic.split('/');
@@ -50,7 +53,7 @@ pub fn classify_publish(user: &str, device: &str, topic: &str) -> PublishTopic {
 /// (it could reach other users' topics), `$share/...`, `$SYS/...` and other
 /// users' topics are refused.
 pub fn may_subscribe(user: &str, filter: &str) -> bool {
-    if !ids::is_valid_id(user) || !is_valid_filter(filter) {
+    if !ids::is_valid_account_id(user) || !is_valid_filter(filter) {
         return false;
     }
     let levels: Vec<&str> = filter.split('/').collect();

@@ -39,6 +39,8 @@ pub enum Command {
     ChangeMembers(ChangeMembers),
     /// Leave a group.
     LeaveGroup(LeaveGroup),
+    /// Sign this device out: revoke its token, drop its durable session.
+    Logout,
     /// A request kind of the contract not implemented yet, by its field name
     /// (`"receipt"`, `"typing"`, ...); answer with [`unsupported`].
     Unsupported(&'static str),
@@ -54,6 +56,7 @@ impl Command {
             Command::CreateGroup(_) => "create_group",
             Command::ChangeMembers(_) => "change_members",
             Command::LeaveGroup(_) => "leave_group",
+            Command::Logout => "logout",
             Command::Unsupported(name) => name,
         }
     }
@@ -161,7 +164,9 @@ struct RequestIdOnly {
     request_id: String,
 }
 
-fn salvage_request_id(payload: &[u8]) -> String {
+/// The `request_id` of a payload, reading nothing else: for answers that do
+/// not need the request (a rate-limit refusal), or when it is unreadable.
+pub fn salvage_request_id(payload: &[u8]) -> String {
     RequestIdOnly::decode(payload)
         .map(|header| header.request_id)
         .unwrap_or_default()
@@ -186,7 +191,7 @@ fn validate_body(body: Option<Body>, limits: &Limits) -> Result<Command, ChatErr
         Body::QueryPresence(_) => Ok(Command::Unsupported("query_presence")),
         Body::RegisterPush(_) => Ok(Command::Unsupported("register_push")),
         Body::System(_) => Ok(Command::Unsupported("system")),
-        Body::Logout(_) => Ok(Command::Unsupported("logout")),
+        Body::Logout(_) => Ok(Command::Logout),
     }
 }
 

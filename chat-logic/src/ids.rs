@@ -72,22 +72,58 @@ pub fn service_name(username: &str) -> Option<&str> {
     is_valid_id(name).then_some(name)
 }
 
-/// The MQTT client identifier of a user's device: `{user_id}:{device_id}`.
+/// The kind of an account, read off its id: `svc:{name}` is a service, a
+/// plain id a user. (User ids never hold `:`, so the two cannot be confused.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountKind {
+    /// A person: `user_id`.
+    User,
+    /// A backend service: `svc:{name}`.
+    Service,
+}
+
+impl AccountKind {
+    /// The kind of `account` when it is a valid account id, else `None`.
+    pub fn of(account: &str) -> Option<AccountKind> {
+        if is_valid_id(account) {
+            Some(AccountKind::User)
+        } else if service_name(account).is_some() {
+            Some(AccountKind::Service)
+        } else {
+            None
+        }
+    }
+}
+
+/// True for a valid account id: a user id or `svc:{name}`. This is the user
+/// part of a service's topics (`req/svc:{name}/{device}`).
+pub fn is_valid_account_id(s: &str) -> bool {
+    AccountKind::of(s).is_some()
+}
+
+/// The service account id of `name`: `svc:{name}`.
+pub fn service_account(name: &str) -> String {
+    format!("{SERVICE_PREFIX}{name}")
+}
+
+/// The MQTT client identifier of an account's device: `{user_id}:{device_id}`,
+/// or `svc:{name}:{device_id}` for a service.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientId {
-    /// The user, equal to the CONNECT username.
+    /// The account (user id or `svc:{name}`), equal to the CONNECT username.
     pub user: String,
-    /// The device of that user.
+    /// The device of that account.
     pub device: String,
 }
 
 impl ClientId {
     /// Parses a CONNECT client identifier. It must be exactly
-    /// `{username}:{device}` where both parts are valid ids; anything else
-    /// (another user's prefix, a missing or invalid device, an invalid
-    /// username) gives `None`, which the broker answers "not authorized".
+    /// `{username}:{device}` where the username is a valid account id and
+    /// the device a valid id; anything else (another user's prefix, a
+    /// missing or invalid device, an invalid username) gives `None`, which
+    /// the broker answers "not authorized".
     pub fn parse(client_id: &str, username: &str) -> Option<ClientId> {
-        if !is_valid_id(username) {
+        if !is_valid_account_id(username) {
             return None;
         }
         let device = client_id.strip_prefix(username)?.strip_prefix(':')?;
@@ -98,6 +134,13 @@ impl ClientId {
             user: username.to_owned(),
             device: device.to_owned(),
         })
+    }
+}
+
+impl ClientId {
+    /// Whether this is a user's or a service's device.
+    pub fn kind(&self) -> AccountKind {
+        AccountKind::of(&self.user).unwrap_or(AccountKind::User)
     }
 }
 
@@ -183,7 +226,10 @@ mod tests {
             ("alice-phone", "alice"),
             (":phone", ""),
             ("a/b:phone", "a/b"),
-            ("svc:bot:dev", "svc:bot"),
+            ("svc:bot:dev", "svc:other"),
+            ("svc::dev", "svc:"),
+            ("svc:bot", "svc:bot"),
+            ("svc:bot:a:b", "svc:bot"),
             ("", "alice"),
         ];
         for (client_id, username) in refused {
@@ -204,6 +250,28 @@ mod tests {
         assert!(ClientId::parse(&format!("{user}:{long_device}"), &user).is_none());
         let long_user = "u".repeat(65);
         assert!(ClientId::parse(&format!("{long_user}:{device}"), &long_user).is_none());
+    }
+
+    #[test]
+    fn service_client_ids_parse_with_their_kind() {
+        let id = ClientId::parse("svc:billing:worker-1", "svc:billing").unwrap();
+        assert_eq!(
+            (id.user.as_str(), id.device.as_str()),
+            ("svc:billing", "worker-1")
+        );
+        assert_eq!(id.kind(), AccountKind::Service);
+        let user = ClientId::parse("alice:phone", "alice").unwrap();
+        assert_eq!(user.kind(), AccountKind::User);
+    }
+
+    #[test]
+    fn account_kinds() {
+        assert_eq!(AccountKind::of("alice"), Some(AccountKind::User));
+        assert_eq!(AccountKind::of("svc:bot"), Some(AccountKind::Service));
+        for bad in ["", "svc:", "svc:a:b", "svc:a/b", "a:b", "SVC:x"] {
+            assert_eq!(AccountKind::of(bad), None, "{bad:?}");
+        }
+        assert_eq!(service_account("bot"), "svc:bot");
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::{direct_channel, json, Client, ClientError, ClientOptions, Transport}
 /// Where and who: the arguments every chat command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
-    /// Broker address: HOST:PORT, or ws://HOST:PORT/mqtt for WebSocket.
+    /// Broker address: HOST:PORT, ws://HOST:PORT/mqtt for WebSocket,
+    /// mqtts://HOST:PORT for TLS, wss://HOST:PORT/mqtt for secure WebSocket.
     #[arg(long, env = "PARLEY_BROKER", default_value = "127.0.0.1:1883")]
     pub broker: String,
     /// The user to act as (MQTT username).
@@ -40,6 +41,11 @@ pub struct ConnectArgs {
     /// Use WebSocket (path /mqtt) even for a HOST:PORT address.
     #[arg(long)]
     pub ws: bool,
+    /// Trust this CA certificate (PEM) and connect over TLS (secure
+    /// WebSocket with --ws or a ws:// address). Without it, mqtts:// and
+    /// wss:// addresses use the system's trusted roots.
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// Seconds to wait for the connection and for each reply.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,
@@ -55,6 +61,13 @@ impl ConnectArgs {
                 .connect_timeout(timeout);
         if self.ws {
             opts = opts.transport(Transport::WebSocket);
+        }
+        if let Some(ca) = &self.tls_ca {
+            let secure = match opts.transport {
+                Transport::WebSocket | Transport::WebSocketTls => Transport::WebSocketTls,
+                Transport::Tcp | Transport::Tls => Transport::Tls,
+            };
+            opts = opts.transport(secure).tls_ca_file(ca)?;
         }
         Ok(opts)
     }
@@ -472,6 +485,51 @@ mod tests {
         );
         let cmd = parse(&["sync", "--user", "u", "--password", "p", "--broker", "nope"]).unwrap();
         assert!(cmd.conn().options().is_err());
+    }
+
+    #[test]
+    fn tls_ca_switches_to_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAAEC\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let ca = ca.display().to_string();
+        let base = [
+            "sync",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--tls-ca",
+            ca.as_str(),
+        ];
+        let opts = parse(&base).unwrap().conn().options().unwrap();
+        assert_eq!(opts.transport, Transport::Tls);
+        assert!(opts.tls_ca.is_some());
+        let mut args = base.to_vec();
+        args.push("--ws");
+        let opts = parse(&args).unwrap().conn().options().unwrap();
+        assert_eq!(opts.transport, Transport::WebSocketTls);
+        let mut args = base.to_vec();
+        args.extend(["--broker", "wss://h:8084/mqtt"]);
+        let opts = parse(&args).unwrap().conn().options().unwrap();
+        assert_eq!((opts.transport, opts.port), (Transport::WebSocketTls, 8084));
+        let cmd = parse(&[
+            "sync",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--tls-ca",
+            "/nonexistent.pem",
+        ]);
+        assert!(
+            cmd.unwrap().conn().options().is_err(),
+            "a missing CA file is an error"
+        );
     }
 
     #[test]

@@ -72,7 +72,7 @@ impl Client {
         let inbox_topic = topics::inbox(&opts.user);
         let reply_topic = topics::reply(&opts.user, &opts.device);
         let channel_capacity = usize::from(opts.inflight).clamp(16, 1024);
-        let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options(), channel_capacity);
+        let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options()?, channel_capacity);
         let mut network = NetworkOptions::new();
         network.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
         // small request publishes must not wait for delayed ACKs (~40 ms)

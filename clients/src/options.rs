@@ -1,14 +1,24 @@
 //! How to reach the broker and who we are: [`ClientOptions`] and [`Transport`].
+//!
+//! The TLS transports use rustls with the *ring* provider, set explicitly
+//! (no process-wide default is needed), and check the broker's certificate
+//! against [`ClientOptions::tls_ca`], or the system's trusted roots without it.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::RootCertStore;
 
 use crate::error::ClientError;
 
 /// The WebSocket path of the contract.
 pub const WS_PATH: &str = "/mqtt";
 
-/// The same MQTT 3.1.1 over one of two byte streams.
+/// The same MQTT 3.1.1 over one of four byte streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Transport {
     /// Plain TCP (default port 1883).
@@ -16,6 +26,22 @@ pub enum Transport {
     Tcp,
     /// WebSocket at path `/mqtt` with subprotocol `mqtt`.
     WebSocket,
+    /// TLS over TCP (`mqtts://`, the broker's `tls_addr`, usually 8883).
+    Tls,
+    /// WebSocket over TLS (`wss://host:port/mqtt`, the broker's `wss_addr`).
+    WebSocketTls,
+}
+
+impl Transport {
+    /// Whether the bytes are encrypted (TLS or secure WebSocket).
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::WebSocketTls)
+    }
+
+    /// Whether MQTT runs inside WebSocket frames.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Transport::WebSocket | Transport::WebSocketTls)
+    }
 }
 
 /// Everything [`Client::connect`](crate::Client::connect) needs.
@@ -46,8 +72,12 @@ pub struct ClientOptions {
     /// `true` (default): live traffic only. `false`: a durable session that the
     /// broker keeps and replays on reconnect.
     pub clean_session: bool,
-    /// TCP (default) or WebSocket.
+    /// TCP (default), WebSocket, TLS or secure WebSocket.
     pub transport: Transport,
+    /// For the TLS transports: the PEM certificate(s) of the CA that signed
+    /// the broker's certificate (a self-signed certificate is its own CA).
+    /// `None` (default): the system's trusted roots.
+    pub tls_ca: Option<Vec<u8>>,
     /// MQTT keep-alive in seconds (default 20; 0 disables pings).
     pub keep_alive_secs: u16,
     /// Outgoing QoS 1 publishes in flight at once (default 100, at least 1).
@@ -92,6 +122,7 @@ impl ClientOptions {
             password: password.into(),
             clean_session: true,
             transport: Transport::Tcp,
+            tls_ca: None,
             keep_alive_secs: 20,
             inflight: 100,
             request_timeout: Duration::from_secs(10),
@@ -102,8 +133,9 @@ impl ClientOptions {
     }
 
     /// Options from an address string: `HOST:PORT`, `[V6]:PORT`,
-    /// `tcp://HOST:PORT`, `mqtt://HOST:PORT` or `ws://HOST:PORT[/mqtt]`
-    /// (the last one selects [`Transport::WebSocket`]).
+    /// `tcp://HOST:PORT`, `mqtt://HOST:PORT`, `ws://HOST:PORT[/mqtt]`
+    /// ([`Transport::WebSocket`]), `mqtts://HOST:PORT` ([`Transport::Tls`])
+    /// or `wss://HOST:PORT[/mqtt]` ([`Transport::WebSocketTls`]).
     pub fn parse(
         addr: &str,
         user: impl Into<String>,
@@ -124,6 +156,24 @@ impl ClientOptions {
     pub fn transport(mut self, transport: Transport) -> Self {
         self.transport = transport;
         self
+    }
+
+    /// Sets [`ClientOptions::tls_ca`] to these PEM bytes.
+    pub fn tls_ca(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca = Some(pem.into());
+        self
+    }
+
+    /// Sets [`ClientOptions::tls_ca`] from a PEM file.
+    pub fn tls_ca_file(self, path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let pem = std::fs::read(path).map_err(|error| {
+            ClientError::InvalidOptions(format!(
+                "cannot read the CA file {}: {error}",
+                path.display()
+            ))
+        })?;
+        Ok(self.tls_ca(pem))
     }
 
     /// Sets [`ClientOptions::keep_alive_secs`].
@@ -191,29 +241,89 @@ impl ClientOptions {
         Ok(())
     }
 
-    /// The rumqttc options these stand for.
-    pub(crate) fn to_mqtt_options(&self) -> rumqttc::MqttOptions {
-        let mut mqtt = match self.transport {
-            Transport::Tcp => rumqttc::MqttOptions::new(self.client_id(), &self.host, self.port),
-            Transport::WebSocket => {
-                rumqttc::MqttOptions::new(self.client_id(), self.ws_url(), self.port)
-            }
+    /// The rumqttc options these stand for; fails only on a bad `tls_ca`.
+    pub(crate) fn to_mqtt_options(&self) -> Result<rumqttc::MqttOptions, ClientError> {
+        let broker = if self.transport.is_websocket() {
+            self.ws_url()
+        } else {
+            self.host.clone()
         };
-        if self.transport == Transport::WebSocket {
-            mqtt.set_transport(rumqttc::Transport::Ws);
-        }
-        mqtt.set_credentials(&self.user, &self.password)
+        let mut mqtt = rumqttc::MqttOptions::new(self.client_id(), broker, self.port);
+        let transport = match self.transport {
+            Transport::Tcp => rumqttc::Transport::Tcp,
+            Transport::WebSocket => rumqttc::Transport::Ws,
+            Transport::Tls => rumqttc::Transport::Tls(self.tls_configuration()?),
+            Transport::WebSocketTls => rumqttc::Transport::Wss(self.tls_configuration()?),
+        };
+        mqtt.set_transport(transport)
+            .set_credentials(&self.user, &self.password)
             .set_clean_session(self.clean_session)
             .set_keep_alive(Duration::from_secs(u64::from(self.keep_alive_secs)))
             .set_inflight(self.inflight.max(1))
             .set_max_packet_size(self.max_packet_size, self.max_packet_size);
-        mqtt
+        Ok(mqtt)
     }
 
-    /// `ws://host:port/mqtt`, with brackets around an IPv6 host.
+    /// `ws://host:port/mqtt` (`wss://` for [`Transport::WebSocketTls`]), with
+    /// brackets around an IPv6 host.
     pub(crate) fn ws_url(&self) -> String {
-        format!("ws://{}:{}{WS_PATH}", bracket_v6(&self.host), self.port)
+        let scheme = match self.transport {
+            Transport::WebSocketTls => "wss",
+            _ => "ws",
+        };
+        format!(
+            "{scheme}://{}:{}{WS_PATH}",
+            bracket_v6(&self.host),
+            self.port
+        )
     }
+
+    /// rumqttc's TLS settings: a rustls client config, ring provider.
+    fn tls_configuration(&self) -> Result<rumqttc::TlsConfiguration, ClientError> {
+        let roots = match &self.tls_ca {
+            Some(pem) => roots_from_pem(pem)?,
+            None => system_roots()?,
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| ClientError::InvalidOptions(format!("tls: {error}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(rumqttc::TlsConfiguration::Rustls(Arc::new(config)))
+    }
+}
+
+/// Every certificate in `pem` as a trusted root.
+fn roots_from_pem(pem: &[u8]) -> Result<Arc<RootCertStore>, ClientError> {
+    let bad = |why: String| ClientError::InvalidOptions(format!("tls_ca: {why}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|error| bad(format!("bad PEM: {error}")))?;
+        roots
+            .add(cert)
+            .map_err(|error| bad(format!("unusable certificate: {error}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no CERTIFICATE section found".to_string()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// The system's trusted roots (rustls-native-certs), read once per process.
+fn system_roots() -> Result<Arc<RootCertStore>, ClientError> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    let roots = ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        Arc::new(roots)
+    });
+    if roots.is_empty() {
+        let why =
+            "no trusted root certificates found on this system: give the broker's CA (tls_ca)";
+        return Err(ClientError::InvalidOptions(why.to_string()));
+    }
+    Ok(roots.clone())
 }
 
 fn bracket_v6(host: &str) -> String {
@@ -237,21 +347,28 @@ pub fn parse_broker_addr(addr: &str) -> Result<(String, u16, Transport), ClientE
     let bad =
         || ClientError::InvalidOptions(format!("bad broker address {addr:?}: want HOST:PORT"));
     let addr = addr.trim();
-    let (rest, transport) = if let Some(rest) = addr.strip_prefix("ws://") {
-        (rest, Transport::WebSocket)
-    } else if let Some(rest) = addr.strip_prefix("tcp://") {
-        (rest, Transport::Tcp)
-    } else if let Some(rest) = addr.strip_prefix("mqtt://") {
-        (rest, Transport::Tcp)
-    } else if addr.contains("://") {
-        return Err(ClientError::InvalidOptions(format!(
-            "unsupported scheme in {addr:?}: use tcp://, mqtt:// or ws://"
-        )));
-    } else {
-        (addr, Transport::Tcp)
+    const SCHEMES: &[(&str, Transport)] = &[
+        ("tcp://", Transport::Tcp),
+        ("mqtt://", Transport::Tcp),
+        ("ws://", Transport::WebSocket),
+        ("mqtts://", Transport::Tls),
+        ("ssl://", Transport::Tls),
+        ("wss://", Transport::WebSocketTls),
+    ];
+    let schemed = SCHEMES
+        .iter()
+        .find_map(|(scheme, transport)| Some((addr.strip_prefix(scheme)?, *transport)));
+    let (rest, transport) = match schemed {
+        Some(schemed) => schemed,
+        None if addr.contains("://") => {
+            return Err(ClientError::InvalidOptions(format!(
+                "unsupported scheme in {addr:?}: use tcp://, mqtt://, ws://, mqtts:// or wss://"
+            )))
+        }
+        None => (addr, Transport::Tcp),
     };
     let authority = match rest.split_once('/') {
-        Some((authority, path)) if transport == Transport::WebSocket => {
+        Some((authority, path)) if transport.is_websocket() => {
             if !path.is_empty() && format!("/{path}") != WS_PATH {
                 return Err(ClientError::InvalidOptions(format!(
                     "the WebSocket path must be {WS_PATH}, got /{path}"
@@ -303,6 +420,25 @@ mod tests {
     }
 
     #[test]
+    fn parses_tls_addresses() {
+        assert_eq!(
+            parse_broker_addr("mqtts://chat.example.com:8883").ok(),
+            Some(("chat.example.com".to_string(), 8883, Transport::Tls))
+        );
+        assert_eq!(
+            parse_broker_addr("ssl://h:8883").ok(),
+            Some(("h".to_string(), 8883, Transport::Tls))
+        );
+        assert_eq!(
+            parse_broker_addr("wss://[::1]:8084/mqtt").ok(),
+            Some(("::1".to_string(), 8084, Transport::WebSocketTls))
+        );
+        assert!(Transport::Tls.is_tls() && !Transport::Tls.is_websocket());
+        assert!(Transport::WebSocketTls.is_tls() && Transport::WebSocketTls.is_websocket());
+        assert!(!Transport::WebSocket.is_tls() && !Transport::Tcp.is_tls());
+    }
+
+    #[test]
     fn refuses_bad_addresses() {
         for addr in [
             "",
@@ -310,8 +446,10 @@ mod tests {
             "h:0",
             "h:99999",
             ":1883",
-            "wss://h:1",
+            "http://h:1",
             "ws://h:1/other",
+            "wss://h:1/other",
+            "mqtts://h:1/mqtt",
             "h:1/x",
         ] {
             assert!(parse_broker_addr(addr).is_err(), "{addr} should be refused");
@@ -344,7 +482,35 @@ mod tests {
     fn websocket_url_has_the_contract_path() {
         let opts = ClientOptions::with_host("::1", 80, "u", "d", "p");
         assert_eq!(opts.ws_url(), "ws://[::1]:80/mqtt");
-        let mqtt = opts.transport(Transport::WebSocket).to_mqtt_options();
+        let mqtt = opts
+            .clone()
+            .transport(Transport::WebSocket)
+            .to_mqtt_options()
+            .unwrap();
         assert_eq!(mqtt.broker_address().0, "ws://[::1]:80/mqtt");
+        let opts = opts.transport(Transport::WebSocketTls);
+        assert_eq!(opts.ws_url(), "wss://[::1]:80/mqtt");
+    }
+
+    #[test]
+    fn tls_options_need_a_usable_ca() {
+        let opts = ClientOptions::with_host("h", 8883, "u", "d", "p").transport(Transport::Tls);
+        let bad = opts.clone().tls_ca("not a pem");
+        let error = bad.to_mqtt_options().unwrap_err().to_string();
+        assert!(error.contains("tls_ca"), "{error}");
+        // A CERTIFICATE section whose DER is not a certificate.
+        let not_der = "-----BEGIN CERTIFICATE-----\nAAECAwQF\n-----END CERTIFICATE-----\n";
+        let error = opts
+            .clone()
+            .tls_ca(not_der)
+            .to_mqtt_options()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tls_ca"), "{error}");
+        let error = opts
+            .tls_ca_file("/nonexistent/ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/nonexistent/ca.pem"), "{error}");
     }
 }

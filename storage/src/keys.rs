@@ -25,18 +25,22 @@ pub(crate) enum Cf {
     Inbox,
     Dedup,
     Sessions,
+    Tokens,
+    UserTokens,
     Meta,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub(crate) const ALL: [Cf; 7] = [
+    pub(crate) const ALL: [Cf; 9] = [
         Cf::Users,
         Cf::Groups,
         Cf::Messages,
         Cf::Inbox,
         Cf::Dedup,
         Cf::Sessions,
+        Cf::Tokens,
+        Cf::UserTokens,
         Cf::Meta,
     ];
 
@@ -49,6 +53,8 @@ impl Cf {
             Cf::Inbox => "inbox",
             Cf::Dedup => "dedup",
             Cf::Sessions => "sessions",
+            Cf::Tokens => "tokens",
+            Cf::UserTokens => "user_tokens",
             Cf::Meta => "meta",
         }
     }
@@ -154,10 +160,54 @@ pub(crate) fn decode_session_key(key: &[u8]) -> Option<(&str, &str)> {
     Some((user, device))
 }
 
+/// `user 0x00 device 0x00 digest`: the keys of `user_tokens`, the index of
+/// each account's tokens. The digest is last, so it may hold any bytes.
+pub(crate) fn user_token_key(
+    user: &str,
+    device: &str,
+    digest: &[u8],
+) -> Result<Vec<u8>, StorageError> {
+    let mut key = user_token_prefix(user, Some(device))?;
+    key.extend_from_slice(digest);
+    Ok(key)
+}
+
+/// `user 0x00` or `user 0x00 device 0x00`: the start of one account's (or
+/// one device's) keys in `user_tokens`.
+pub(crate) fn user_token_prefix(user: &str, device: Option<&str>) -> Result<Vec<u8>, StorageError> {
+    let mut key = part(user)?.to_vec();
+    key.push(SEP);
+    if let Some(device) = device {
+        key.extend_from_slice(part(device)?);
+        key.push(SEP);
+    }
+    Ok(key)
+}
+
+/// Splits `user 0x00 device 0x00 digest` into `(device, digest)`.
+pub(crate) fn decode_user_token_key(key: &[u8]) -> Option<(&str, &[u8])> {
+    let mut parts = key.splitn(3, |b| *b == SEP);
+    let (_user, device, digest) = (parts.next()?, parts.next()?, parts.next()?);
+    Some((std::str::from_utf8(device).ok()?, digest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn user_token_keys_group_by_user_then_device() {
+        let key = user_token_key("alice", "phone", &[0, 1, 2]).unwrap();
+        assert!(key.starts_with(&user_token_prefix("alice", None).unwrap()));
+        assert!(key.starts_with(&user_token_prefix("alice", Some("phone")).unwrap()));
+        assert!(!key.starts_with(&user_token_prefix("alic", None).unwrap()));
+        assert!(!key.starts_with(&user_token_prefix("alice", Some("pho")).unwrap()));
+        assert_eq!(
+            decode_user_token_key(&key),
+            Some(("phone", &[0u8, 1, 2][..]))
+        );
+    }
 
     #[test]
     fn seq_keys_sort_numerically_under_byte_order() {

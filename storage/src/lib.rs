@@ -19,6 +19,7 @@
 //!   message references with one multi-get), listings.
 //! - `batch.rs`: [`Batch`], a `WriteBatch` of chat-log writes, and
 //!   [`Store::commit`].
+//! - `tokens.rs`: session tokens by digest, and each account's index of them.
 //! - `records.rs`: the stored records ([`UserRecord`], [`GroupRecord`],
 //!   [`SessionRecord`], [`InboxEntry`]) and their value encodings.
 //! - `keys.rs`: key encodings and the column family names.
@@ -39,6 +40,8 @@
 //! | `inbox` | `user_id 0x00 inbox_seq_be64` | [`InboxEntry`]: `0x01 seq_be64 channel` (a reference into `messages`) or `0x02 Envelope{body}` (protobuf, an inline event) |
 //! | `dedup` | `sender 0x00 channel 0x00 client_msg_id` | `seq_be64` |
 //! | `sessions` | `user_id 0x00 device_id` | [`SessionRecord`], JSON |
+//! | `tokens` | SHA-256 digest of a session token (32 bytes) | [`TokenRecord`], JSON |
+//! | `user_tokens` | `user_id 0x00 device_id 0x00 digest` | empty: the index of an account's tokens |
 //! | `meta` | `format_version` | `u32` big-endian, 1 |
 //!
 //! Messages are stored once and referenced from every member's inbox, so a
@@ -52,11 +55,13 @@ mod keys;
 mod records;
 mod scan;
 mod store;
+mod tokens;
 
 #[cfg(test)]
 mod test_support;
 
 pub use batch::Batch;
 pub use error::StorageError;
-pub use records::{AccountKind, GroupRecord, InboxEntry, SessionRecord, UserRecord};
+pub use records::{AccountKind, GroupRecord, InboxEntry, SessionRecord, TokenRecord, UserRecord};
 pub use store::Store;
+pub use tokens::TokenFilter;

@@ -64,6 +64,21 @@ impl SessionRecord {
     pub const NEVER_EXPIRES: u32 = u32::MAX;
 }
 
+/// One session token, keyed by the SHA-256 digest of the token in `tokens`
+/// (the token itself is never stored).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// The account the token logs in.
+    pub user: String,
+    /// The device it was issued to: valid only for client id
+    /// `{user}:{device}`. `None` for a service secret, valid for any device.
+    pub device: Option<String>,
+    /// When it was issued, ms since the Unix epoch.
+    pub issued_ms: i64,
+    /// When it stops being valid, ms since the Unix epoch.
+    pub expires_ms: i64,
+}
+
 /// One entry of a user's inbox, keyed by `user 0x00 inbox_seq_be64`.
 ///
 /// Messages are stored once in `messages` and referenced from each member's

@@ -185,11 +185,15 @@ impl Store {
             .ok_or(StorageError::MissingColumnFamily(cf.name()))
     }
 
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<DBPinnableSlice<'_>>, StorageError> {
+    pub(crate) fn get(
+        &self,
+        cf: Cf,
+        key: &[u8],
+    ) -> Result<Option<DBPinnableSlice<'_>>, StorageError> {
         Ok(self.db.get_pinned_cf(self.cf(cf)?, key)?)
     }
 
-    fn get_json<T: serde::de::DeserializeOwned>(
+    pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
         &self,
         cf: Cf,
         key: &[u8],
@@ -200,7 +204,13 @@ impl Store {
         records::from_json(cf.name(), key, &bytes).map(Some)
     }
 
-    fn put(&self, cf: Cf, key: &[u8], value: &[u8], sync: bool) -> Result<(), StorageError> {
+    pub(crate) fn put(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        value: &[u8],
+        sync: bool,
+    ) -> Result<(), StorageError> {
         self.db
             .put_cf_opt(self.cf(cf)?, key, value, &write_options(sync))?;
         Ok(())

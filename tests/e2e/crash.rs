@@ -45,7 +45,7 @@ const MAX_KILL_DELAY_MS: u64 = 700;
 const RETRY_ONE_IN: u64 = 12;
 
 fn password(user: &str) -> String {
-    format!("pw-{user}")
+    format!("password-{user}")
 }
 
 fn env_number(name: &str) -> Option<u64> {

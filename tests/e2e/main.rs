@@ -1,7 +1,7 @@
-//! End-to-end tests: the real broker (TCP and WebSocket listeners, RocksDB
-//! in a temp dir) driven by real MQTT clients: the Parley SDK, raw rumqttc
-//! 3.1.1 and 5 clients, raw TCP sockets, and the mosquitto command-line
-//! clients as an independent implementation.
+//! End-to-end tests: the real broker (TCP, TLS, WebSocket and secure
+//! WebSocket listeners, RocksDB in a temp dir) driven by real MQTT clients:
+//! the Parley SDK, raw rumqttc 3.1.1 and 5 clients, raw TCP sockets, and the
+//! mosquitto command-line clients as an independent implementation.
 //!
 //! One test binary (to link once); one module per area of the contract.
 //! Every test polls for what it waits for (see `parley_tests::eventually`
@@ -14,9 +14,12 @@ mod crash;
 mod direct;
 mod errors;
 mod groups;
+mod http_api;
 mod independent_client;
 mod limits;
 mod reads;
 mod restart;
 mod sessions;
+mod tls;
+mod tokens;
 mod transport;

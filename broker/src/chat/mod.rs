@@ -13,7 +13,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parley_chat_logic::command::{decode_request, Command};
+use parley_chat_logic::command::{decode_request, salvage_request_id, Command};
+use parley_chat_logic::ids::AccountKind;
 use parley_chat_logic::limits::Limits;
 use parley_chat_logic::ChatError;
 use parley_proto::v1::{reply, Reply};
@@ -30,22 +31,47 @@ pub struct ChatService {
     pub limits: Arc<Limits>,
 }
 
+/// A request being handled: its reply to come, and what the connection
+/// must do once the reply is out.
+pub struct Handled<F> {
+    pub reply: F,
+    pub then: Then,
+}
+
+/// What the connection does after a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Nothing more.
+    Continue,
+    /// The device signed out (`Logout`): revoke its token, drop its durable
+    /// session, close the connection.
+    Logout,
+}
+
 impl ChatService {
-    /// Starts handling one request. The queueing happens before this returns
-    /// (so requests of one device keep their order); the returned future
-    /// resolves to the reply once it is ready (after the commit, for writes).
+    /// Starts handling one request from account `user`. The queueing happens
+    /// before this returns (so requests of one device keep their order); the
+    /// reply future resolves once the reply is ready (after the commit, for
+    /// writes).
     pub async fn handle(
         &self,
         user: &str,
         payload: &[u8],
-    ) -> impl Future<Output = Reply> + Send + 'static {
+    ) -> Handled<impl Future<Output = Reply> + Send + 'static> {
         let decoded = decode_request(payload, &self.limits);
         let request_id = decoded.request_id;
-        let pending = match decoded.command {
+        let then = match decoded.command {
+            Ok(Command::Logout) => Then::Logout,
+            _ => Then::Continue,
+        };
+        let pending = match decoded
+            .command
+            .and_then(|command| allowed_for(user, command))
+        {
             Ok(command) => self.start(user, command).await,
             Err(error) => Pending::Ready(Err(error)),
         };
-        async move {
+        let reply = async move {
             let body = match pending.finish().await {
                 Ok(body) => body,
                 Err(error) => {
@@ -57,6 +83,17 @@ impl ChatService {
                 request_id,
                 body: Some(body),
             }
+        };
+        Handled { reply, then }
+    }
+
+    /// The reply refusing `payload` with `error`, without handling it (a
+    /// rate limit): only its `request_id` is read.
+    pub fn refuse(&self, payload: &[u8], error: ChatError) -> Reply {
+        m::error(error.code.as_str_name());
+        Reply {
+            request_id: salvage_request_id(payload),
+            body: Some(reply::Body::Error(error.to_reply_error())),
         }
     }
 
@@ -84,6 +121,10 @@ impl ChatService {
                     .map(reply::Body::HistoryPage)
                 }))
             }
+            Command::Logout => Pending::Ready(Ok(reply::Body::Ack(parley_proto::v1::Ack {
+                ts_ms: crate::clock::now_ms(),
+                ..Default::default()
+            }))),
             Command::Unsupported(name) => Pending::Ready(Err(ChatError::bad_request(format!(
                 "{name} is not supported yet"
             )))),
@@ -93,6 +134,22 @@ impl ChatService {
             },
         }
     }
+}
+
+/// What a service account may ask: reading its own inbox and signing out.
+/// Chat messages and groups are for users (services send system messages).
+fn allowed_for(user: &str, command: Command) -> Result<Command, ChatError> {
+    let reads_or_signs_out = matches!(
+        command,
+        Command::Sync(_) | Command::History(_) | Command::Logout | Command::Unsupported(_)
+    );
+    if AccountKind::of(user) == Some(AccountKind::Service) && !reads_or_signs_out {
+        return Err(ChatError::forbidden(format!(
+            "a service account cannot {}: services send system messages",
+            command.name()
+        )));
+    }
+    Ok(command)
 }
 
 /// A request on its way to a reply.

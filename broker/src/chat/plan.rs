@@ -14,7 +14,8 @@ use parley_chat_logic::{send, ChatError};
 use parley_proto::v1::{envelope, Ack, ChatMessage};
 use parley_storage::{Batch, GroupRecord, InboxEntry, StorageError, Store};
 
-use super::engine::{encode_body, internal, now_ms, Delivery, JobResult, Sequences};
+use super::engine::{encode_body, internal, Delivery, JobResult, Sequences};
+use crate::clock::now_ms;
 
 /// The registered users, as the pure chat rules ask for them: the store,
 /// optionally in front of a set of ids already found there. Accounts are

@@ -34,6 +34,24 @@ fn defaults_parse() {
     assert!(c.allow_password_login);
     assert_eq!(c.commit_batch_max, 512);
     assert_eq!(c.log, "info");
+    assert!(!c.tls_enabled());
+    assert_eq!(c.wss_addr, None);
+    assert_eq!(c.tls_handshake_timeout(), Duration::from_secs(10));
+    assert_eq!(c.token_ttl(), Duration::from_secs(30 * 24 * 3600));
+    assert_eq!(
+        (c.login_failures_per_user, c.login_failures_per_addr),
+        (10, 100)
+    );
+    assert_eq!(c.login_failure_window(), Duration::from_secs(300));
+    assert_eq!(
+        (c.max_connecting_per_addr, c.max_devices_per_user),
+        (4096, 100)
+    );
+    assert_eq!(
+        (c.receive_maximum, c.request_rate, c.request_burst),
+        (64, 2000, 4000)
+    );
+    assert_eq!(c.max_subscriptions, 512);
 }
 
 #[test]
@@ -47,6 +65,11 @@ fn every_key_is_documented_and_matches_the_struct() {
     }
     let mut full = Config::defaults();
     full.tls_addr = Some("127.0.0.1:8883".parse().unwrap());
+    full.wss_addr = Some("127.0.0.1:8084".parse().unwrap());
+    full.discovery_tcp = Some("mqtt://h:1".into());
+    full.discovery_tls = Some("mqtts://h:2".into());
+    full.discovery_ws = Some("ws://h:3/mqtt".into());
+    full.discovery_wss = Some("wss://h:4/mqtt".into());
     full.tls_cert = Some("c.pem".into());
     full.tls_key = Some("k.pem".into());
     full.push_gateway = Some("http://x".into());
@@ -167,6 +190,23 @@ fn invalid_values_name_the_key() {
             None,
             env(&[("PARLEY_TLS_ADDR", "0.0.0.0:8883")]),
             "tls_cert",
+        ),
+        (
+            None,
+            env(&[("PARLEY_WSS_ADDR", "0.0.0.0:8084")]),
+            "tls_cert",
+        ),
+        (None, env(&[("PARLEY_TLS_CERT", "c.pem")]), "tls_key"),
+        (
+            None,
+            env(&[("PARLEY_DISCOVERY_WSS", "ws://h:1/mqtt")]),
+            "discovery_wss",
+        ),
+        (None, env(&[("PARLEY_REQUEST_RATE", "0")]), "request_rate"),
+        (
+            None,
+            env(&[("PARLEY_RECEIVE_MAXIMUM", "70000")]),
+            "receive_maximum",
         ),
         (None, env(&[("PARLEY_WS_ADDR", "0.0.0.0:1883")]), "ws_addr"),
         (None, env(&[("PARLEY_LOG", "info,=[")]), "log"),

@@ -3,8 +3,9 @@
 //! One task per device, `select!`ing between the socket, its live queue
 //! from the router, its pending requests (replies in request order), a
 //! read-ahead from the store, the keep-alive deadline and shutdown. Every
-//! source is bounded: at most [`MAX_PENDING_REQUESTS`] requests are in
-//! progress (then the socket is not read: back-pressure), live envelopes
+//! source is bounded: at most `receive_maximum` requests are in progress
+//! (then the socket is not read: back-pressure), requests beyond the
+//! device's rate are refused ([`limits`](super::limits)), live envelopes
 //! and in-flight publishes are bounded by the [`Outbox`].
 
 use std::future::Future;
@@ -17,7 +18,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use futures_util::FutureExt;
 use parley_chat_logic::acl::{self, PublishTopic};
-use parley_chat_logic::ids::ClientId;
 use parley_proto::topics;
 use parley_proto::v1::Reply;
 use parley_storage::StorageError;
@@ -32,19 +32,20 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::admission::Connecting;
 use super::codec::{self, Codec, FrameError, Level};
-use super::connect::{self, Refusal};
+use super::connect::{self, Accepted, Deny, Refusal};
+use super::limits::{DeviceLimits, SubscriptionCheck};
 use super::outbox::{Outbox, Stream};
 use super::session::{self, SessionStart};
 use super::transport::Transport;
 use super::Shared;
-use crate::chat::encode_reply;
-use crate::chat::engine::now_ms;
+use crate::accounts::tokens::TokenDigest;
+use crate::chat::{encode_reply, Then};
+use crate::clock::now_ms;
 use crate::metrics as m;
-use crate::router::{DeviceLink, LiveBatch};
+use crate::router::{DeviceLink, Eviction, LiveBatch};
 
-/// Requests of one device in progress at once.
-pub const MAX_PENDING_REQUESTS: usize = 64;
 /// How long a write may block before the device is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new connection waits for the one it replaces to finish.
@@ -57,18 +58,24 @@ const CURSOR_FLUSH: Duration = Duration::from_millis(100);
 /// The phases before and after the packet loop run as boxed futures: a
 /// task's memory is its largest state, and it should be the loop's, which
 /// every idle connection holds, not the connect or teardown state.
+///
+/// `connecting` counts this connection towards `max_connecting_per_addr`
+/// until its CONNECT is authenticated (or refused).
 pub async fn serve(
     io: Transport,
     peer: SocketAddr,
+    connecting: Connecting,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let Some((io, buf, packet, client)) = Box::pin(accept(io, peer, &shared)).await else {
+    let accepted = Box::pin(connect::accept(io, peer, connecting, &shared)).await;
+    let Some((io, buf, packet, accepted)) = accepted else {
         return;
     };
+    let client = &accepted.client;
     let span = tracing::info_span!("conn", user = %client.user, device = %client.device, %peer);
     async move {
-        let established = Connection::establish(io, buf, packet, client, shared, peer);
+        let established = Connection::establish(io, buf, packet, accepted, shared, peer);
         let Some(mut connection) = Box::pin(established).await else {
             return;
         };
@@ -79,51 +86,15 @@ pub async fn serve(
     .await
 }
 
-/// Reads and authenticates the CONNECT; refuses the connection otherwise.
-async fn accept(
-    mut io: Transport,
-    peer: SocketAddr,
-    shared: &Arc<Shared>,
-) -> Option<(Transport, BytesMut, connect::ConnectPacket, ClientId)> {
-    let mut buf = BytesMut::with_capacity(4096);
-    let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
-    let max_packet_size = shared.config.max_packet_size;
-    let packet = match connect::read_connect(&mut io, &mut buf, timeout, max_packet_size).await {
-        Ok(packet) => packet,
-        Err(refusal) => {
-            refuse(io, peer, refusal).await;
-            return None;
-        }
-    };
-    match connect::authenticate(shared, &packet).await {
-        Ok(client) => Some((io, buf, packet, client)),
-        Err(refusal) => {
-            refuse(io, peer, refusal).await;
-            None
-        }
-    }
-}
-
-async fn refuse(mut io: Transport, peer: SocketAddr, refusal: Refusal) {
-    match refusal {
-        Refusal::Silent(why) => tracing::info!(%peer, %why, "connection dropped before CONNECT"),
-        Refusal::Connack(codec, code, why) => {
-            tracing::info!(%peer, %why, ?code, "connect refused");
-            m::connect_refused();
-            let mut out = BytesMut::new();
-            if codec.write(connect::refusal(code), &mut out).is_ok() {
-                let _ = tokio::time::timeout(WRITE_TIMEOUT, io.write_all(&out)).await;
-            }
-        }
-    }
-    io.close().await;
-}
-
 /// Why a connection ended.
 #[derive(Debug)]
 enum Close {
     Shutdown,
     TakenOver,
+    /// The device signed out (`Logout`, or `POST /v1/logout`).
+    LoggedOut,
+    /// The account's password changed: this connection's credentials are void.
+    Revoked,
     PeerClosed,
     Disconnect,
     KeepAliveTimeout,
@@ -138,6 +109,8 @@ impl std::fmt::Display for Close {
         match self {
             Close::Shutdown => f.write_str("broker shutting down"),
             Close::TakenOver => f.write_str("session taken over by a new connection"),
+            Close::LoggedOut => f.write_str("logged out"),
+            Close::Revoked => f.write_str("credentials revoked by a password change"),
             Close::PeerClosed => f.write_str("peer closed the connection"),
             Close::Disconnect => f.write_str("DISCONNECT"),
             Close::KeepAliveTimeout => f.write_str("keep-alive timeout"),
@@ -160,6 +133,7 @@ enum RequestAck {
 struct Done {
     reply: Reply,
     ack: RequestAck,
+    then: Then,
 }
 
 type RequestFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -179,6 +153,11 @@ struct Connection {
     outbox: Outbox,
     subscriptions: Vec<(String, u8)>,
     durable: Option<u32>,
+    /// The token this connection authenticated with (a Logout revokes it).
+    token: Option<TokenDigest>,
+    limits: DeviceLimits,
+    /// Set once a Logout was answered: the loop ends after the next flush.
+    logged_out: bool,
     requests: FuturesOrdered<RequestFuture>,
     fetch: Option<JoinHandle<Fetched>>,
     keep_alive: Option<Duration>,
@@ -196,13 +175,25 @@ impl Connection {
         mut io: Transport,
         rbuf: BytesMut,
         packet: connect::ConnectPacket,
-        client: ClientId,
+        accepted: Accepted,
         shared: Arc<Shared>,
         peer: SocketAddr,
     ) -> Option<Connection> {
+        let Accepted { client, token } = accepted;
         // Register first: envelopes committed from now on reach the live
         // queue, and the session below reads everything before them.
-        let mut link = shared.router.register(&client.user, &client.device);
+        let max_devices = shared.config.max_devices_per_user;
+        let mut link = match shared
+            .router
+            .register(&client.user, &client.device, max_devices)
+        {
+            Ok(link) => link,
+            Err(_) => {
+                let refusal = Refusal::Connack(packet.codec, Deny::Quota, "max_devices_per_user");
+                connect::refuse(io, peer, Some(&client.to_string()), refusal).await;
+                return None;
+            }
+        };
         if let Some(predecessor) = link.predecessor.take() {
             // the connection we replace saves its session first
             let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
@@ -212,11 +203,9 @@ impl Connection {
             Ok(start) => start,
             Err(error) => {
                 tracing::error!(%error, "cannot open the session");
-                shared
-                    .router
-                    .unregister(&client.user, &client.device, link.conn_id);
-                let code = rumqttd::protocol::ConnectReturnCode::ServiceUnavailable;
-                refuse(io, peer, Refusal::Connack(packet.codec, code, error)).await;
+                let refusal =
+                    Refusal::Connack(packet.codec, Deny::Unavailable, "session_unavailable");
+                connect::refuse(io, peer, Some(&client.to_string()), refusal).await;
                 return None;
             }
         };
@@ -230,15 +219,12 @@ impl Connection {
             packet.codec,
             start.present,
             shared.config.max_packet_size,
-            MAX_PENDING_REQUESTS as u16,
+            shared.config.receive_maximum,
         );
         if packet.codec.write(connack, &mut wbuf).is_err() {
             return None;
         }
         if io.write_all(&wbuf).await.is_err() {
-            shared
-                .router
-                .unregister(&client.user, &client.device, link.conn_id);
             return None;
         }
         m::connection_opened();
@@ -248,6 +234,7 @@ impl Connection {
             cursor = start.cursor,
             "connected"
         );
+        let limits = DeviceLimits::new(&shared.config);
         let mut connection = Connection {
             io,
             codec: packet.codec,
@@ -262,6 +249,9 @@ impl Connection {
             outbox,
             subscriptions: start.subscriptions,
             durable: start.durable,
+            token,
+            limits,
+            logged_out: false,
             requests: FuturesOrdered::new(),
             fetch: None,
             keep_alive,
@@ -281,14 +271,14 @@ impl Connection {
     /// notify entries on every packet.
     async fn run(&mut self, shutdown: &CancellationToken) -> Close {
         let shutdown = shutdown.cancelled();
-        let taken_over_token = self.link.taken_over.clone();
-        let taken_over = taken_over_token.cancelled();
+        let stop_token = self.link.stop.clone();
+        let stop = stop_token.cancelled();
         let keep_alive_timer = tokio::time::sleep_until(self.keep_alive_due());
-        tokio::pin!(shutdown, taken_over, keep_alive_timer);
+        tokio::pin!(shutdown, stop, keep_alive_timer);
         loop {
             // Boxed: handling packets and writing need the largest states;
             // inline they would size every idle connection's task.
-            if self.requests.len() < MAX_PENDING_REQUESTS && !self.rbuf.is_empty() {
+            if self.may_read() && !self.rbuf.is_empty() {
                 if let Some(close) = Box::pin(self.handle_buffered()).await {
                     return close;
                 }
@@ -299,14 +289,17 @@ impl Connection {
                     return close;
                 }
             }
+            if self.logged_out {
+                return Close::LoggedOut;
+            }
             if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
                 // an idle connection holds no read buffer
                 self.rbuf = BytesMut::new();
             }
-            let reading = self.requests.len() < MAX_PENDING_REQUESTS;
+            let reading = self.may_read();
             tokio::select! {
                 _ = &mut shutdown => return Close::Shutdown,
-                _ = &mut taken_over => return Close::TakenOver,
+                _ = &mut stop => return self.evicted(),
                 read = self.io.read_into(&mut self.rbuf), if reading => match read {
                     Ok(0) => return Close::PeerClosed,
                     Ok(_) => {}
@@ -335,6 +328,20 @@ impl Connection {
                 }
                 _ = self.cursor_timer.as_mut(), if self.cursor_flush_pending => self.flush_cursor(),
             }
+        }
+    }
+
+    /// Whether another request may be read (the receive maximum).
+    fn may_read(&self) -> bool {
+        self.requests.len() < usize::from(self.shared.config.receive_maximum)
+    }
+
+    /// Why the router told this connection to go.
+    fn evicted(&self) -> Close {
+        match self.link.live.eviction() {
+            Some(Eviction::LoggedOut) => Close::LoggedOut,
+            Some(Eviction::CredentialsRevoked) => Close::Revoked,
+            Some(Eviction::TakenOver) | None => Close::TakenOver,
         }
     }
 
@@ -373,7 +380,7 @@ impl Connection {
 
     /// Handles every whole packet in the read buffer (until the request limit).
     async fn handle_buffered(&mut self) -> Option<Close> {
-        while self.requests.len() < MAX_PENDING_REQUESTS {
+        while self.may_read() && !self.logged_out {
             match self.codec.read(&mut self.rbuf) {
                 Ok(packet) => {
                     self.touch();
@@ -426,16 +433,30 @@ impl Connection {
         match acl::classify_publish(&self.user, &self.device, topic) {
             PublishTopic::Request => {
                 m::message_in();
-                let reply = self.shared.chat.handle(&self.user, &publish.payload).await;
                 let ack = match qos {
                     QoS::AtMostOnce => RequestAck::None,
                     QoS::AtLeastOnce => RequestAck::PubAck(pkid),
                     QoS::ExactlyOnce => RequestAck::PubRec(pkid),
                 };
+                if let Err(error) = self.limits.take_request() {
+                    tracing::warn!("request refused: over the device's request rate");
+                    m::refused("request_rate");
+                    let reply = self.shared.chat.refuse(&publish.payload, error);
+                    let done = Done {
+                        reply,
+                        ack,
+                        then: Then::Continue,
+                    };
+                    self.requests.push_back(Box::pin(std::future::ready(done)));
+                    return;
+                }
+                let handled = self.shared.chat.handle(&self.user, &publish.payload).await;
+                let (reply, then) = (handled.reply, handled.then);
                 self.requests.push_back(Box::pin(async move {
                     Done {
                         reply: reply.await,
                         ack,
+                        then,
                     }
                 }));
             }
@@ -486,18 +507,31 @@ impl Connection {
             RequestAck::PubAck(pkid) => self.ack_publish(QoS::AtLeastOnce, pkid, true),
             RequestAck::PubRec(pkid) => self.ack_publish(QoS::ExactlyOnce, pkid, true),
         }
+        if done.then == Then::Logout {
+            // Answered; the loop closes once the reply is written.
+            self.logged_out = true;
+        }
     }
 
     async fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let rate_limited = self.limits.take_request().is_err();
         let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut changed = false;
         for filter in subscribe.filters {
-            if !acl::may_subscribe(&self.user, &filter.path) {
-                tracing::warn!(filter = %filter.path, "subscription refused");
+            let check = match rate_limited {
+                true => SubscriptionCheck::RateLimited,
+                false => {
+                    self.limits
+                        .check_subscription(&self.user, &filter.path, &self.subscriptions)
+                }
+            };
+            if check != SubscriptionCheck::Allowed {
+                tracing::warn!(filter = %filter.path, reason = check.as_str(), "subscription refused");
                 m::subscription_refused();
-                codes.push(match self.codec.level() {
-                    Level::V4 => SubscribeReasonCode::Failure,
-                    Level::V5 => SubscribeReasonCode::NotAuthorized,
-                });
+                if check != SubscriptionCheck::Forbidden {
+                    m::refused(check.as_str());
+                }
+                codes.push(check.reason_code(self.codec.level()));
                 continue;
             }
             let qos = if filter.qos == QoS::AtMostOnce {
@@ -505,12 +539,18 @@ impl Connection {
             } else {
                 QoS::AtLeastOnce
             };
-            self.subscriptions.retain(|(path, _)| *path != filter.path);
-            self.subscriptions.push((filter.path, qos as u8));
+            let entry = (filter.path, qos as u8);
+            if !self.subscriptions.contains(&entry) {
+                self.subscriptions.retain(|(path, _)| *path != entry.0);
+                self.subscriptions.push(entry);
+                changed = true;
+            }
             codes.push(SubscribeReasonCode::Success(qos));
         }
-        self.apply_subscriptions();
-        self.persist_subscriptions().await;
+        if changed {
+            self.apply_subscriptions();
+            self.persist_subscriptions().await;
+        }
         self.write(Packet::SubAck(
             SubAck {
                 pkid: subscribe.pkid,
@@ -521,6 +561,7 @@ impl Connection {
     }
 
     async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let before = self.subscriptions.len();
         let reasons = unsubscribe
             .filters
             .iter()
@@ -533,8 +574,10 @@ impl Connection {
                 }
             })
             .collect();
-        self.apply_subscriptions();
-        self.persist_subscriptions().await;
+        if self.subscriptions.len() < before {
+            self.apply_subscriptions();
+            self.persist_subscriptions().await;
+        }
         self.write(Packet::UnsubAck(
             UnsubAck {
                 pkid: unsubscribe.pkid,
@@ -691,13 +734,17 @@ impl Connection {
         });
     }
 
-    /// Ends the connection: tells the device why (v5), saves the session,
-    /// leaves the router.
+    /// Ends the connection: tells the device why (v5), saves the session
+    /// (or, after a logout, revokes the token and drops the session), then
+    /// leaves the router (when `self.link` is dropped, last).
     async fn finish(mut self, close: Close) {
         match &close {
-            Close::PeerClosed | Close::Disconnect | Close::Shutdown | Close::TakenOver => {
-                tracing::info!(reason = %close, "disconnected")
-            }
+            Close::PeerClosed
+            | Close::Disconnect
+            | Close::Shutdown
+            | Close::TakenOver
+            | Close::LoggedOut
+            | Close::Revoked => tracing::info!(reason = %close, "disconnected"),
             _ => tracing::warn!(reason = %close, "connection closed"),
         }
         if self.codec.level() == Level::V5 {
@@ -708,27 +755,33 @@ impl Connection {
         let _ = self.pump_and_flush().await;
         self.io.close().await;
         // Save before leaving the router: a successor waits for this link
-        // to be dropped (at the end of this function) before it reads the session.
-        if let Some(expiry) = self.durable {
+        // to be dropped (with `self`, after this function) before it reads
+        // the session.
+        if matches!(close, Close::LoggedOut) {
+            self.sign_out().await;
+        } else if let Some(expiry) = self.durable {
             if let Err(error) = self.session_snapshot(expiry, now_ms()).save().await {
                 tracing::error!(%error, "cannot save the session at disconnect");
             }
         }
-        self.shared
-            .router
-            .unregister(&self.user, &self.device, self.link.conn_id);
         m::connection_closed();
     }
-}
 
-impl Drop for Connection {
-    /// Leaves the router even if the task ends without [`Connection::finish`]
-    /// (a panic): a stale entry would keep the device "connected" forever.
-    /// A no-op after `finish`, which unregisters first.
-    fn drop(&mut self) {
-        self.shared
-            .router
-            .unregister(&self.user, &self.device, self.link.conn_id);
+    /// A logout's effects that this connection owns: its token revoked (if
+    /// it used one) and its durable session dropped.
+    async fn sign_out(&mut self) {
+        if let Some(token) = self.token.take() {
+            if let Err(error) = self.shared.auth.revoke(token).await {
+                tracing::error!(%error, "cannot revoke the token at logout");
+            }
+        }
+        let store = self.shared.store.clone();
+        let (user, device) = (self.user.clone(), self.device.clone());
+        let deleted =
+            tokio::task::spawn_blocking(move || store.delete_session(&user, &device)).await;
+        if !matches!(deleted, Ok(Ok(()))) {
+            tracing::error!("cannot drop the session at logout");
+        }
     }
 }
 
@@ -766,6 +819,10 @@ fn disconnect_reason(close: &Close) -> Option<DisconnectReasonCode> {
     match close {
         Close::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
         Close::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+        // Not NormalDisconnection: rumqttd writes it with no body, which
+        // rumqttc 0.25 cannot read.
+        Close::LoggedOut => Some(DisconnectReasonCode::AdministrativeAction),
+        Close::Revoked => Some(DisconnectReasonCode::NotAuthorized),
         Close::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
         Close::Malformed(_) => Some(DisconnectReasonCode::MalformedPacket),
         Close::Protocol(_) => Some(DisconnectReasonCode::ProtocolError),

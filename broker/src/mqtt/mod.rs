@@ -1,16 +1,20 @@
 //! One device connection's life, on rumqttd's MQTT codecs.
 //!
 //! Layout:
-//! - [`transport`]: TCP or WebSocket bytes.
+//! - [`admission`]: `max_connections` and `max_connecting_per_addr`, checked at accept.
+//! - [`transport`]: TCP, TLS, or WebSocket (over either) bytes.
 //! - [`codec`]: framing with `rumqttd::protocol::{V4, V5}`.
 //! - [`connect`]: CONNECT, authentication, CONNACK.
 //! - [`session`]: durable sessions in RocksDB.
+//! - [`limits`]: one device's request rate and subscription count.
 //! - [`outbox`]: ordered delivery within the in-flight window.
 //! - [`connection`]: the per-connection task that ties them together.
 
+pub mod admission;
 pub mod codec;
 pub mod connect;
 pub mod connection;
+pub mod limits;
 pub mod outbox;
 pub mod session;
 pub mod transport;

@@ -1,57 +1,54 @@
-//! The byte streams an MQTT connection runs over: plain TCP or WebSocket
-//! (binary frames, subprotocol `mqtt`). TLS joins here in a later issue.
+//! The byte streams an MQTT connection runs over: TCP, TLS over TCP, and
+//! WebSocket (binary frames, subprotocol `mqtt`) over either of them.
+//!
+//! Handshakes (TLS, WebSocket) are the accept side's business
+//! (`crate::server`); a [`Transport`] is what is left once they are done.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use std::io;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+
+use crate::tls::ServerTlsStream;
 
 /// Bytes reserved for each read from a TCP socket.
 const READ_CHUNK: usize = 4096;
 
 /// One accepted connection's transport.
 pub enum Transport {
+    /// MQTT over TCP.
     Tcp(TcpStream),
-    WebSocket(Box<WebSocketStream<TcpStream>>),
+    /// MQTT over TLS.
+    Tls(Box<ServerTlsStream>),
+    /// MQTT over WebSocket, over TCP or TLS.
+    WebSocket(Box<WebSocketStream<Stream>>),
+}
+
+/// A TCP connection, plain or with server-side TLS: what a WebSocket runs
+/// over. Reads and writes are delegated to the inner stream.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<ServerTlsStream>),
 }
 
 impl Transport {
     /// Appends whatever arrives next to `buf`; `Ok(0)` means the peer closed.
     /// Cancel-safe: nothing is lost if the future is dropped.
     ///
-    /// On TCP, `buf` only grows once the socket is readable: an idle
-    /// connection waits with an empty buffer instead of a reserved one.
+    /// On TCP, `buf` only grows once the socket is readable, and on TLS once
+    /// rustls has decrypted data (read straight from rustls' own buffer): an
+    /// idle connection waits with an empty buffer instead of a reserved one.
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
-            Transport::Tcp(stream) => loop {
-                stream.readable().await?;
-                buf.reserve(READ_CHUNK);
-                match stream.try_read_buf(buf) {
-                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-                    read => return read,
-                }
-            },
-            Transport::WebSocket(ws) => loop {
-                match ws.next().await {
-                    None => return Ok(0),
-                    Some(Err(error)) => return Err(io::Error::other(error)),
-                    Some(Ok(Message::Binary(data))) => {
-                        buf.extend_from_slice(&data);
-                        if !data.is_empty() {
-                            return Ok(data.len());
-                        }
-                    }
-                    Some(Ok(Message::Close(_))) => return Ok(0),
-                    // pings are answered by tungstenite; text frames are not MQTT
-                    Some(Ok(Message::Text(_))) => {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "text frame"))
-                    }
-                    Some(Ok(_)) => continue,
-                }
-            },
+            Transport::Tcp(stream) => read_tcp(stream, buf).await,
+            Transport::Tls(stream) => read_tls(stream, buf).await,
+            Transport::WebSocket(ws) => read_websocket(ws, buf).await,
         }
     }
 
@@ -59,6 +56,11 @@ impl Transport {
     pub async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Transport::Tcp(stream) => stream.write_all(bytes).await,
+            Transport::Tls(stream) => {
+                stream.write_all(bytes).await?;
+                // rustls holds the records until flushed
+                stream.flush().await
+            }
             Transport::WebSocket(ws) => ws
                 .send(Message::binary(bytes.to_vec()))
                 .await
@@ -66,11 +68,116 @@ impl Transport {
         }
     }
 
-    /// Closes the write side, best effort.
+    /// Closes the write side, best effort (TLS sends its close_notify).
     pub async fn close(&mut self) {
         let _ = match self {
             Transport::Tcp(stream) => stream.shutdown().await,
+            Transport::Tls(stream) => stream.shutdown().await,
             Transport::WebSocket(ws) => ws.close().await.map_err(io::Error::other),
         };
+    }
+}
+
+async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        buf.reserve(READ_CHUNK);
+        match stream.try_read_buf(buf) {
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
+            read => return read,
+        }
+    }
+}
+
+/// Copies what rustls has decrypted; a TCP close without TLS close_notify
+/// counts as the peer closing (MQTT clients rarely send one).
+async fn read_tls(stream: &mut ServerTlsStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let data = match stream.fill_buf().await {
+        Ok(data) => data,
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+        Err(error) => return Err(error),
+    };
+    let n = data.len();
+    buf.extend_from_slice(data);
+    stream.consume(n);
+    Ok(n)
+}
+
+async fn read_websocket(ws: &mut WebSocketStream<Stream>, buf: &mut BytesMut) -> io::Result<usize> {
+    loop {
+        match ws.next().await {
+            None => return Ok(0),
+            Some(Err(error)) => return Err(io::Error::other(error)),
+            Some(Ok(Message::Binary(data))) => {
+                buf.extend_from_slice(&data);
+                if !data.is_empty() {
+                    return Ok(data.len());
+                }
+            }
+            Some(Ok(Message::Close(_))) => return Ok(0),
+            // pings are answered by tungstenite; text frames are not MQTT
+            Some(Ok(Message::Text(_))) => {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "text frame"))
+            }
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_write_vectored(cx, bufs),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(stream) => stream.is_write_vectored(),
+            Stream::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+            Stream::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+        }
     }
 }

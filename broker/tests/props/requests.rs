@@ -300,6 +300,7 @@ fn check_group_change(user: &str, request: &Option<Request>, before: &Dump, afte
         }
         Some(request::Body::ChangeMembers(c)) => (&c.group_id, c.remove.clone()),
         Some(request::Body::LeaveGroup(l)) => (&l.group_id, vec![user.to_owned()]),
+        Some(request::Body::Logout(_)) => return, // changes no chat state
         other => panic!("an Ack to {other:?}"),
     };
     let Some(Some(group)) = before.groups.get(group_id) else {
@@ -491,7 +492,10 @@ impl World {
     }
 
     async fn handle(&self, step: &Step) -> impl std::future::Future<Output = Reply> {
-        self.service.handle(USERS[step.user], &step.payload()).await
+        self.service
+            .handle(USERS[step.user], &step.payload())
+            .await
+            .reply
     }
 
     /// Stops the engine (dropping the last handle) and fails if it panicked.

@@ -382,3 +382,38 @@ proptest! {
         prop_assert!(filter_matches("reply/alice/+", &reply));
     }
 }
+
+#[test]
+fn a_service_uses_its_own_topics_only() {
+    let svc = "svc:billing";
+    assert_eq!(
+        classify_publish(svc, "w1", "req/svc:billing/w1"),
+        PublishTopic::Request
+    );
+    assert_eq!(
+        classify_publish(svc, "w1", "hb/svc:billing/w1"),
+        PublishTopic::Heartbeat
+    );
+    for topic in ["req/svc:other/w1", "req/billing/w1", "req/svc:billing/w2"] {
+        assert_eq!(
+            classify_publish(svc, "w1", topic),
+            PublishTopic::Forbidden,
+            "{topic}"
+        );
+    }
+    assert!(may_subscribe(svc, "inbox/svc:billing"));
+    assert!(may_subscribe(svc, "reply/svc:billing/w1"));
+    assert!(may_subscribe(svc, "reply/svc:billing/+"));
+    for filter in [
+        "inbox/billing",
+        "inbox/svc:other",
+        "inbox/+",
+        "reply/svc:other/#",
+        "#",
+    ] {
+        assert!(!may_subscribe(svc, filter), "{filter}");
+    }
+    // A user whose id looks like the service's name gets nothing of it.
+    assert!(!may_subscribe("billing", "inbox/svc:billing"));
+    assert!(!may_subscribe("svc:", "inbox/svc:"));
+}

@@ -333,7 +333,6 @@ fn later_kinds_are_unsupported() {
             "register_push",
         ),
         (Body::System(v1::SystemMessage::default()), "system"),
-        (Body::Logout(v1::Logout::default()), "logout"),
     ];
     for (body, name) in cases {
         let command = decode(body).unwrap();
@@ -344,6 +343,14 @@ fn later_kinds_are_unsupported() {
     let error = unsupported("typing");
     assert_eq!(error.code, ErrorCode::BadRequest);
     assert!(error.message.contains("not supported yet"), "{error}");
+}
+
+#[test]
+fn logout_is_a_command_of_its_own() {
+    let command = decode(Body::Logout(v1::Logout::default())).unwrap();
+    assert_eq!(command, Command::Logout);
+    assert_eq!(command.name(), "logout");
+    assert!(!command.is_write());
 }
 
 #[test]

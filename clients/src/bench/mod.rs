@@ -251,6 +251,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     report.transport = match transport {
         Transport::Tcp => "tcp",
         Transport::WebSocket => "websocket",
+        Transport::Tls => "tls",
+        Transport::WebSocketTls => "wss",
     }
     .to_string();
     report.started_unix_ms = started_unix_ms;

@@ -153,7 +153,7 @@ async fn connect_raw(
     subscription: Option<String>,
 ) -> Result<RawConn, ClientError> {
     let capacity = usize::from(opts.inflight).clamp(16, 10_000);
-    let (client, mut eventloop) = AsyncClient::new(opts.to_mqtt_options(), capacity);
+    let (client, mut eventloop) = AsyncClient::new(opts.to_mqtt_options()?, capacity);
     let mut network = NetworkOptions::new();
     network.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
     eventloop.set_network_options(network);

@@ -107,6 +107,5 @@ pub fn all(dm: &str) -> Vec<Case> {
         case(Alice, request::Body::QueryPresence(v1::QueryPresence { users: vec!["bob".into()] }), BadRequest, "query_presence (not supported yet)"),
         case(Alice, request::Body::RegisterPush(v1::RegisterPush { platform: "fcm".into(), token: "t".into() }), BadRequest, "register_push (not supported yet)"),
         case(Alice, request::Body::System(v1::SystemMessage { channel: dm.into(), client_msg_id: "s".into(), text: "sys".into(), users: vec![] }), BadRequest, "system (not supported yet)"),
-        case(Alice, request::Body::Logout(v1::Logout {}), BadRequest, "logout (not supported yet)"),
     ]
 }

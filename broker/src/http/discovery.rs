@@ -1,0 +1,130 @@
+//! Service discovery: the MQTT endpoints a login answer advertises.
+//!
+//! Each transport's URL comes from its `discovery_*` key when set (a load
+//! balancer, another name), else from the host the client used to reach
+//! the HTTP API (its `Host` header) and the port the listener is bound to;
+//! a transport whose listener is off is `null`.
+
+use std::net::SocketAddr;
+
+use serde::Serialize;
+
+use crate::config::Config;
+
+/// The bound MQTT listeners (TLS ones only when configured).
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+}
+
+/// The answer's `mqtt` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoints {
+    pub tcp: Option<String>,
+    pub tls: Option<String>,
+    pub ws: Option<String>,
+    pub wss: Option<String>,
+}
+
+/// What discovery knows: the configured URLs and the bound listeners.
+#[derive(Debug, Clone)]
+pub struct Discovery {
+    configured: Endpoints,
+    listeners: Listeners,
+}
+
+impl Discovery {
+    pub fn new(config: &Config, listeners: Listeners) -> Self {
+        Discovery {
+            configured: Endpoints {
+                tcp: config.discovery_tcp.clone(),
+                tls: config.discovery_tls.clone(),
+                ws: config.discovery_ws.clone(),
+                wss: config.discovery_wss.clone(),
+            },
+            listeners,
+        }
+    }
+
+    /// The endpoints for a request that reached the API as `host_header`.
+    pub fn endpoints(&self, host_header: Option<&str>) -> Endpoints {
+        let host = host_header.and_then(host_of).unwrap_or("localhost");
+        let url =
+            |configured: &Option<String>, bound: Option<SocketAddr>, scheme: &str, path: &str| {
+                configured.clone().or_else(|| {
+                    bound.map(|addr| format!("{scheme}://{host}:{}{path}", addr.port()))
+                })
+            };
+        let (c, l) = (&self.configured, &self.listeners);
+        Endpoints {
+            tcp: url(&c.tcp, l.tcp, "mqtt", ""),
+            tls: url(&c.tls, l.tls, "mqtts", ""),
+            ws: url(&c.ws, l.ws, "ws", "/mqtt"),
+            wss: url(&c.wss, l.wss, "wss", "/mqtt"),
+        }
+    }
+}
+
+/// The host part of a `Host` header (`name`, `name:port`, `[v6]:port`),
+/// if it is made only of characters a host name or address may hold (so a
+/// forged header cannot put anything else into the URLs).
+fn host_of(header: &str) -> Option<&str> {
+    let host = match header.strip_prefix('[') {
+        Some(rest) => &header[..rest.find(']')? + 2],
+        None => header.rsplit_once(':').map_or(header, |(host, _port)| host),
+    };
+    let allowed =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_');
+    (!host.is_empty() && host.len() <= 253 && host.chars().all(allowed)).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listeners(tls: bool) -> Listeners {
+        let addr = |port| Some(SocketAddr::from(([0, 0, 0, 0], port)));
+        Listeners {
+            tcp: addr(1883),
+            tls: tls.then(|| addr(8883)).flatten(),
+            ws: addr(8083),
+            wss: tls.then(|| addr(8084)).flatten(),
+        }
+    }
+
+    #[test]
+    fn endpoints_use_the_request_host_and_the_bound_ports() {
+        let discovery = Discovery::new(&Config::defaults(), listeners(false));
+        let endpoints = discovery.endpoints(Some("chat.example.com:8080"));
+        assert_eq!(
+            endpoints.tcp.as_deref(),
+            Some("mqtt://chat.example.com:1883")
+        );
+        assert_eq!(
+            endpoints.ws.as_deref(),
+            Some("ws://chat.example.com:8083/mqtt")
+        );
+        assert_eq!((endpoints.tls, endpoints.wss), (None, None), "off");
+        let tls =
+            Discovery::new(&Config::defaults(), listeners(true)).endpoints(Some("[::1]:8080"));
+        assert_eq!(tls.tls.as_deref(), Some("mqtts://[::1]:8883"));
+        assert_eq!(tls.wss.as_deref(), Some("wss://[::1]:8084/mqtt"));
+    }
+
+    #[test]
+    fn configured_urls_win_and_bad_hosts_fall_back() {
+        let mut config = Config::defaults();
+        config.discovery_tcp = Some("mqtt://lb.example.com:1883".into());
+        let discovery = Discovery::new(&config, listeners(false));
+        let endpoints = discovery.endpoints(Some("evil.com/x?y"));
+        assert_eq!(endpoints.tcp.as_deref(), Some("mqtt://lb.example.com:1883"));
+        assert_eq!(endpoints.ws.as_deref(), Some("ws://localhost:8083/mqtt"));
+        assert_eq!(host_of("a b"), None);
+        assert_eq!(host_of("[::1"), None);
+        assert_eq!(host_of("example.com"), Some("example.com"));
+        assert_eq!(host_of("10.0.0.1:80"), Some("10.0.0.1"));
+    }
+}
