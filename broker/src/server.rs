@@ -118,7 +118,7 @@ impl Broker {
             config: config.clone(),
             store: store.clone(),
             router,
-            auth: crate::auth::Authenticator::new(store.clone(), config.allow_password_login),
+            auth: crate::auth::Authenticator::new(store.clone(), &config),
             chat: ChatService {
                 store,
                 engine,

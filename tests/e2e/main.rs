@@ -10,6 +10,7 @@
 //! a barrier (a later message that did arrive) wherever one exists.
 
 mod acl;
+mod attacks;
 mod crash;
 mod direct;
 mod errors;
@@ -17,6 +18,7 @@ mod groups;
 mod http_api;
 mod independent_client;
 mod limits;
+mod quotas;
 mod reads;
 mod restart;
 mod sessions;

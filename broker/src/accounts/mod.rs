@@ -16,7 +16,7 @@ pub mod hashing;
 pub mod tokens;
 
 use parley_chat_logic::ids;
-use parley_storage::{AccountKind, Store, TokenRecord, UserRecord};
+use parley_storage::{AccountKind, Store, TokenFilter, TokenRecord, UserRecord};
 
 pub use hashing::{hash_password, Verifier};
 
@@ -76,10 +76,13 @@ pub fn put_new_user(store: &Store, id: &str, password_hash: String) -> Result<()
     Ok(())
 }
 
-/// Replaces the password of the existing user `id`.
+/// Replaces the password of the existing user `id` and revokes all its
+/// session tokens (`parley user passwd`: every device logs in again).
 pub fn set_password(store: &Store, id: &str, password: &str) -> Result<(), BrokerError> {
     check_new_password(password)?;
-    set_password_hash(store, id, hash_password(password)?)
+    set_password_hash(store, id, hash_password(password)?)?;
+    store.delete_tokens(id, TokenFilter::default(), now_ms())?;
+    Ok(())
 }
 
 /// Replaces the password hash of the existing user `id` (hashed beforehand).

@@ -23,12 +23,16 @@
 pub mod limiter;
 pub mod passwords;
 
+use std::net::IpAddr;
+
 use parley_chat_logic::ids::{AccountKind, ClientId};
 use parley_storage::{Store, TokenFilter, TokenRecord};
 
 use crate::accounts::tokens::{self, NewToken, TokenCheck, TokenDigest};
 use crate::clock::now_ms;
+use crate::config::Config;
 use crate::error::BrokerError;
+use limiter::LoginLimiter;
 pub use passwords::Passwords;
 
 /// The answer to a CONNECT's credentials.
@@ -54,6 +58,8 @@ pub enum Refusal {
     TokenOfAnotherClient,
     /// A password while `allow_password_login` is off.
     PasswordLoginDisabled,
+    /// Too many failed password attempts for the user or the address.
+    RateLimited,
 }
 
 impl Refusal {
@@ -65,6 +71,7 @@ impl Refusal {
             Refusal::ExpiredToken => "expired_token",
             Refusal::TokenOfAnotherClient => "token_of_another_client_id",
             Refusal::PasswordLoginDisabled => "password_login_disabled",
+            Refusal::RateLimited => "login_rate_limited",
         }
     }
 }
@@ -89,26 +96,33 @@ pub struct Bearer {
 pub struct Authenticator {
     store: Store,
     passwords: Passwords,
+    logins: LoginLimiter,
     allow_password_login: bool,
 }
 
 impl Authenticator {
     /// An authenticator over `store`, with its argon2 pool started.
-    pub fn new(store: Store, allow_password_login: bool) -> Self {
+    pub fn new(store: Store, config: &Config) -> Self {
         Authenticator {
             passwords: Passwords::new(store.clone()),
+            logins: LoginLimiter::new(config),
             store,
-            allow_password_login,
+            allow_password_login: config.allow_password_login,
         }
     }
 
-    /// The argon2 pool (the HTTP API hashes and verifies passwords there).
+    /// The argon2 pool (the HTTP API hashes passwords there).
     pub fn passwords(&self) -> &Passwords {
         &self.passwords
     }
 
-    /// Checks the CONNECT of `client` with `password`.
-    pub async fn connect(&self, client: &ClientId, password: &str) -> Result<Verdict, BrokerError> {
+    /// Checks the CONNECT of `client` from `addr` with `password`.
+    pub async fn connect(
+        &self,
+        client: &ClientId,
+        addr: IpAddr,
+        password: &str,
+    ) -> Result<Verdict, BrokerError> {
         if tokens::is_token_shaped(password) {
             return self.connect_with_token(client, password).await;
         }
@@ -118,10 +132,29 @@ impl Authenticator {
         if !self.allow_password_login {
             return Ok(Verdict::Refused(Refusal::PasswordLoginDisabled));
         }
-        match self.passwords.verify(&client.user, password).await? {
-            true => Ok(Verdict::Accepted { token: None }),
-            false => Ok(Verdict::Refused(Refusal::BadPassword)),
+        match self.check_password(&client.user, addr, password).await? {
+            None => Ok(Verdict::Accepted { token: None }),
+            Some(refusal) => Ok(Verdict::Refused(refusal)),
         }
+    }
+
+    /// Checks `user`'s password from `addr` under the failed-attempt limits
+    /// (one set of limits for CONNECT and the HTTP API): `None` when it is
+    /// right. While a limit is reached the password is not even checked.
+    pub async fn check_password(
+        &self,
+        user: &str,
+        addr: IpAddr,
+        password: &str,
+    ) -> Result<Option<Refusal>, BrokerError> {
+        if !self.logins.allows(user, addr) {
+            return Ok(Some(Refusal::RateLimited));
+        }
+        if self.passwords.verify(user, password).await? {
+            return Ok(None);
+        }
+        self.logins.failed(user, addr);
+        Ok(Some(Refusal::BadPassword))
     }
 
     async fn connect_with_token(
@@ -134,9 +167,10 @@ impl Authenticator {
             TokenCheck::Expired => Verdict::Refused(Refusal::ExpiredToken),
             TokenCheck::Valid(digest, token) => {
                 if tokens::admits(&token, &client.user, &client.device) {
-                    Verdict::Accepted {
-                        token: Some(digest),
-                    }
+                    // A device's login token is revoked by its Logout; a
+                    // service secret serves every device and is not.
+                    let token = token.device.is_some().then_some(digest);
+                    Verdict::Accepted { token }
                 } else {
                     Verdict::Refused(Refusal::TokenOfAnotherClient)
                 }
@@ -237,12 +271,16 @@ mod tests {
     use crate::accounts;
 
     const PASSWORD: &str = "alice-password";
+    const HERE: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     fn authenticator(allow_password_login: bool) -> (tempfile::TempDir, Store, Authenticator) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         accounts::add_user(&store, "alice", PASSWORD).unwrap();
-        let auth = Authenticator::new(store.clone(), allow_password_login);
+        let mut config = Config::defaults();
+        config.allow_password_login = allow_password_login;
+        config.login_failures_per_user = 3;
+        let auth = Authenticator::new(store.clone(), &config);
         (dir, store, auth)
     }
 
@@ -262,7 +300,7 @@ mod tests {
         let (_dir, _store, auth) = authenticator(false);
         let issued = auth.issue_token("alice", "phone", 60_000).await.unwrap();
         let phone = client("alice", "phone");
-        let verdict = auth.connect(&phone, &issued.text).await.unwrap();
+        let verdict = auth.connect(&phone, HERE, &issued.text).await.unwrap();
         let Verdict::Accepted {
             token: Some(digest),
         } = verdict
@@ -271,22 +309,22 @@ mod tests {
         };
         let laptop = client("alice", "laptop");
         assert_eq!(
-            auth.connect(&laptop, &issued.text).await.unwrap(),
+            auth.connect(&laptop, HERE, &issued.text).await.unwrap(),
             refused(Refusal::TokenOfAnotherClient)
         );
         let bob = client("bob", "phone");
         assert_eq!(
-            auth.connect(&bob, &issued.text).await.unwrap(),
+            auth.connect(&bob, HERE, &issued.text).await.unwrap(),
             refused(Refusal::TokenOfAnotherClient)
         );
         auth.revoke(digest).await.unwrap();
         assert_eq!(
-            auth.connect(&phone, &issued.text).await.unwrap(),
+            auth.connect(&phone, HERE, &issued.text).await.unwrap(),
             refused(Refusal::UnknownToken)
         );
         let forged = tokens::generate().text;
         assert_eq!(
-            auth.connect(&phone, &forged).await.unwrap(),
+            auth.connect(&phone, HERE, &forged).await.unwrap(),
             refused(Refusal::UnknownToken)
         );
     }
@@ -297,7 +335,7 @@ mod tests {
         let issued = auth.issue_token("alice", "phone", -1).await.unwrap();
         let phone = client("alice", "phone");
         assert_eq!(
-            auth.connect(&phone, &issued.text).await.unwrap(),
+            auth.connect(&phone, HERE, &issued.text).await.unwrap(),
             refused(Refusal::ExpiredToken)
         );
         assert!(auth.bearer(&issued.text).await.unwrap().is_none());
@@ -308,27 +346,48 @@ mod tests {
         let (_dir, store, auth) = authenticator(true);
         let phone = client("alice", "phone");
         assert_eq!(
-            auth.connect(&phone, PASSWORD).await.unwrap(),
+            auth.connect(&phone, HERE, PASSWORD).await.unwrap(),
             Verdict::Accepted { token: None }
         );
         assert_eq!(
-            auth.connect(&phone, "wrong-password").await.unwrap(),
+            auth.connect(&phone, HERE, "wrong-password").await.unwrap(),
             refused(Refusal::BadPassword)
         );
         let secret = accounts::add_service(&store, "bot").unwrap();
         let bot = client("svc:bot", "worker");
-        assert!(matches!(
-            auth.connect(&bot, &secret).await.unwrap(),
-            Verdict::Accepted { token: Some(_) }
-        ));
+        let verdict = auth.connect(&bot, HERE, &secret).await.unwrap();
+        let kept = Verdict::Accepted { token: None };
+        assert_eq!(verdict, kept, "a Logout must not revoke a service secret");
         assert_eq!(
-            auth.connect(&bot, PASSWORD).await.unwrap(),
+            auth.connect(&bot, HERE, PASSWORD).await.unwrap(),
             refused(Refusal::BadPassword)
         );
         let (_dir, _store, strict) = authenticator(false);
         assert_eq!(
-            strict.connect(&phone, PASSWORD).await.unwrap(),
+            strict.connect(&phone, HERE, PASSWORD).await.unwrap(),
             refused(Refusal::PasswordLoginDisabled)
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_connect_passwords_are_limited_like_logins() {
+        let (_dir, _store, auth) = authenticator(true);
+        let phone = client("alice", "phone");
+        for _ in 0..3 {
+            let verdict = auth.connect(&phone, HERE, "guess-guess").await.unwrap();
+            assert_eq!(verdict, refused(Refusal::BadPassword));
+        }
+        let verdict = auth.connect(&phone, HERE, PASSWORD).await.unwrap();
+        assert_eq!(
+            verdict,
+            refused(Refusal::RateLimited),
+            "locked, right or not"
+        );
+        let token = auth.issue_token("alice", "phone", 60_000).await.unwrap();
+        let verdict = auth.connect(&phone, HERE, &token.text).await.unwrap();
+        assert!(
+            matches!(verdict, Verdict::Accepted { .. }),
+            "tokens are not limited"
         );
     }
 

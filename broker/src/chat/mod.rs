@@ -136,18 +136,25 @@ impl ChatService {
     }
 }
 
-/// What a service account may ask: reading its own inbox and signing out.
-/// Chat messages and groups are for users (services send system messages).
+/// Who may ask what: a service account only reads its own inbox and signs
+/// out (chat messages and groups are for users; services send system
+/// messages); only a service may send a system message.
 fn allowed_for(user: &str, command: Command) -> Result<Command, ChatError> {
-    let reads_or_signs_out = matches!(
+    let service = AccountKind::of(user) == Some(AccountKind::Service);
+    let service_may = matches!(
         command,
         Command::Sync(_) | Command::History(_) | Command::Logout | Command::Unsupported(_)
     );
-    if AccountKind::of(user) == Some(AccountKind::Service) && !reads_or_signs_out {
+    if service && !service_may {
         return Err(ChatError::forbidden(format!(
             "a service account cannot {}: services send system messages",
             command.name()
         )));
+    }
+    if !service && command == Command::Unsupported("system") {
+        return Err(ChatError::forbidden(
+            "only service accounts may send system messages",
+        ));
     }
     Ok(command)
 }

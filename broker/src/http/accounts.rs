@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use super::error::{ApiError, BearerText, JsonBody};
 use super::{ClientAddr, HttpState};
 use crate::accounts;
-use crate::auth::Bearer;
+use crate::auth::{Bearer, Refusal};
 use crate::error::BrokerError;
 use crate::metrics as m;
 use crate::router::{Devices, Eviction};
@@ -182,30 +182,40 @@ async fn device_bearer(state: &HttpState, text: &str) -> Result<(Bearer, String)
     Ok((bearer, device))
 }
 
-/// Checks `password` for `user` under the failed-attempt limits.
+/// Checks `password` for `user` under the failed-attempt limits (the same
+/// ones as CONNECT's, kept by [`crate::auth`]).
 async fn check_password_attempt(
     state: &HttpState,
     user: &str,
     password: &str,
     addr: IpAddr,
 ) -> Result<(), ApiError> {
-    if !state.logins.allows(user, addr) {
-        m::login("rate_limited");
-        m::refused("login_rate_limited");
-        tracing::warn!(%user, %addr, "login refused: too many failed attempts");
-        return Err(ApiError::rate_limited(
-            "too many failed login attempts for this user or address; wait a few minutes",
-        ));
-    }
-    let verified =
-        ids::is_valid_id(user) && state.shared.auth.passwords().verify(user, password).await?;
-    if !verified {
-        state.logins.failed(user, addr);
+    let wrong = || ApiError::unauthorized("wrong user id or password");
+    if !ids::is_valid_id(user) {
         m::login("failure");
-        tracing::warn!(%user, %addr, "login refused: wrong user id or password");
-        return Err(ApiError::unauthorized("wrong user id or password"));
+        return Err(wrong());
     }
-    Ok(())
+    match state
+        .shared
+        .auth
+        .check_password(user, addr, password)
+        .await?
+    {
+        None => Ok(()),
+        Some(Refusal::RateLimited) => {
+            m::login("rate_limited");
+            m::refused("login_rate_limited");
+            tracing::warn!(%user, %addr, "login refused: too many failed attempts");
+            Err(ApiError::rate_limited(
+                "too many failed login attempts for this user or address; wait a few minutes",
+            ))
+        }
+        Some(_) => {
+            m::login("failure");
+            tracing::warn!(%user, %addr, "login refused: wrong user id or password");
+            Err(wrong())
+        }
+    }
 }
 
 /// Runs blocking store work off the runtime.

@@ -35,7 +35,6 @@ use tracing::Instrument;
 pub use discovery::{Discovery, Listeners};
 pub use error::ApiError;
 
-use crate::auth::limiter::LoginLimiter;
 use crate::mqtt::Shared;
 
 /// The largest request body accepted.
@@ -50,7 +49,6 @@ pub struct Api {
     pub shared: Arc<Shared>,
     metrics: PrometheusHandle,
     discovery: Discovery,
-    logins: LoginLimiter,
     /// Held while a registration checks and writes its account id.
     registering: tokio::sync::Mutex<()>,
 }
@@ -67,13 +65,11 @@ impl HttpState {
     /// `metrics`: the handle from [`crate::metrics::install`]; `listeners`:
     /// the bound MQTT listeners, for discovery.
     pub fn new(shared: Arc<Shared>, metrics: PrometheusHandle, listeners: Listeners) -> Self {
-        let logins = LoginLimiter::new(&shared.config);
         let discovery = Discovery::new(&shared.config, listeners);
         HttpState(Arc::new(Api {
             shared,
             metrics,
             discovery,
-            logins,
             registering: tokio::sync::Mutex::new(()),
         }))
     }

@@ -101,7 +101,7 @@ pub async fn accept(
             return None;
         }
     };
-    let verdict = authenticate(shared, &packet).await;
+    let verdict = authenticate(shared, peer, &packet).await;
     drop(connecting);
     match verdict {
         Ok(accepted) => Some((io, buf, packet, accepted)),
@@ -128,7 +128,8 @@ pub async fn refuse(
         }
         Refusal::Connack(codec, deny, why) => {
             let client_id = client_id.unwrap_or("");
-            tracing::warn!(%peer, client_id, reason = why, ?deny, "connect refused");
+            // Debug-quoted: a client id is the client's text, not a log line.
+            tracing::warn!(%peer, ?client_id, reason = why, ?deny, "connect refused");
             m::connect_refused(why);
             let mut out = BytesMut::new();
             if codec
@@ -192,7 +193,11 @@ async fn read_connect_packet(
 }
 
 /// Checks the client id and credentials; returns who connected.
-async fn authenticate(shared: &Arc<Shared>, packet: &ConnectPacket) -> Result<Accepted, Refusal> {
+async fn authenticate(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    packet: &ConnectPacket,
+) -> Result<Accepted, Refusal> {
     let refuse = |deny, why| Refusal::Connack(packet.codec, deny, why);
     let Some(login) = &packet.login else {
         return Err(refuse(Deny::NotAuthorized, "no_username"));
@@ -200,7 +205,11 @@ async fn authenticate(shared: &Arc<Shared>, packet: &ConnectPacket) -> Result<Ac
     let Some(client) = ClientId::parse(&packet.connect.client_id, &login.username) else {
         return Err(refuse(Deny::NotAuthorized, "client_id_not_username_device"));
     };
-    match shared.auth.connect(&client, &login.password).await {
+    match shared
+        .auth
+        .connect(&client, peer.ip(), &login.password)
+        .await
+    {
         Ok(Verdict::Accepted { token }) => Ok(Accepted { client, token }),
         Ok(Verdict::Refused(why)) => Err(refuse(Deny::NotAuthorized, why.as_str())),
         Err(crate::BrokerError::Busy(_)) => Err(refuse(Deny::Busy, "auth_queue_full")),

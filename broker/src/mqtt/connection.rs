@@ -452,7 +452,19 @@ impl Connection {
                 }
                 let handled = self.shared.chat.handle(&self.user, &publish.payload).await;
                 let (reply, then) = (handled.reply, handled.then);
+                // A Logout revokes the token before it is answered, so no
+                // new connection can use it once the device sees the reply.
+                let revoke = match then {
+                    Then::Logout => self.token.take(),
+                    Then::Continue => None,
+                };
+                let shared = self.shared.clone();
                 self.requests.push_back(Box::pin(async move {
+                    if let Some(token) = revoke {
+                        if let Err(error) = shared.auth.revoke(token).await {
+                            tracing::error!(%error, "cannot revoke the token at logout");
+                        }
+                    }
                     Done {
                         reply: reply.await,
                         ack,
@@ -767,14 +779,10 @@ impl Connection {
         m::connection_closed();
     }
 
-    /// A logout's effects that this connection owns: its token revoked (if
-    /// it used one) and its durable session dropped.
+    /// A logout's effect that this connection owns: its durable session
+    /// dropped (the token was revoked before the Logout was answered, or by
+    /// `POST /v1/logout`).
     async fn sign_out(&mut self) {
-        if let Some(token) = self.token.take() {
-            if let Err(error) = self.shared.auth.revoke(token).await {
-                tracing::error!(%error, "cannot revoke the token at logout");
-            }
-        }
         let store = self.shared.store.clone();
         let (user, device) = (self.user.clone(), self.device.clone());
         let deleted =

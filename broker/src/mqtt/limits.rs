@@ -15,6 +15,11 @@ use super::codec::Level;
 use crate::config::Config;
 use crate::rate::{Bucket, Quota};
 
+/// The longest subscription filter accepted, in bytes: the longest own
+/// topic is `presence/{64}/{64}` or `reply/svc:{64}/{64}`, so 256 is ample,
+/// and a durable session record stays small.
+pub const MAX_FILTER_BYTES: usize = 256;
+
 /// The limits one connection enforces on its device.
 pub struct DeviceLimits {
     quota: Quota,
@@ -82,7 +87,7 @@ impl DeviceLimits {
         filter: &str,
         held: &[(String, u8)],
     ) -> SubscriptionCheck {
-        if !acl::may_subscribe(user, filter) {
+        if filter.len() > MAX_FILTER_BYTES || !acl::may_subscribe(user, filter) {
             return SubscriptionCheck::Forbidden;
         }
         let new_filter = !held.iter().any(|(path, _)| path == filter);
@@ -127,6 +132,9 @@ mod tests {
             limits.check_subscription("alice", "#", &held),
             SubscriptionCheck::Forbidden
         );
+        let long = format!("reply/alice/{}", "x".repeat(MAX_FILTER_BYTES));
+        let check = limits.check_subscription("alice", &long, &held);
+        assert_eq!(check, SubscriptionCheck::Forbidden, "over-long filters");
         assert_eq!(
             limits.check_subscription("alice", "reply/alice/a", &held),
             SubscriptionCheck::Allowed

@@ -106,6 +106,6 @@ pub fn all(dm: &str) -> Vec<Case> {
         case(Alice, request::Body::ChangeFriends(v1::ChangeFriends { add: vec!["bob".into()], remove: vec![] }), BadRequest, "change_friends (not supported yet)"),
         case(Alice, request::Body::QueryPresence(v1::QueryPresence { users: vec!["bob".into()] }), BadRequest, "query_presence (not supported yet)"),
         case(Alice, request::Body::RegisterPush(v1::RegisterPush { platform: "fcm".into(), token: "t".into() }), BadRequest, "register_push (not supported yet)"),
-        case(Alice, request::Body::System(v1::SystemMessage { channel: dm.into(), client_msg_id: "s".into(), text: "sys".into(), users: vec![] }), BadRequest, "system (not supported yet)"),
+        case(Alice, request::Body::System(v1::SystemMessage { channel: dm.into(), client_msg_id: "s".into(), text: "sys".into(), users: vec![] }), Forbidden, "system from a user (services only)"),
     ]
 }
