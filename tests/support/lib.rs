@@ -312,7 +312,16 @@ impl TestBroker {
         bearer: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> http::Answer {
-        http::call(self.http_addr(), method, path, bearer, body.as_ref()).await
+        let Some(pki) = &self.pki else {
+            return http::call(self.http_addr(), method, path, bearer, body.as_ref()).await;
+        };
+        // With a certificate the HTTP API is HTTPS.
+        let stream = tls::connect(self.http_addr(), pki.client_config())
+            .await
+            .expect("TLS connection to the HTTP API");
+        let host = self.http_addr().to_string();
+        let body = body.map(|b| b.to_string());
+        http::send(stream, &host, method, path, bearer, body.as_deref()).await
     }
 
     /// `POST /v1/login` for `user` on `device` with the harness's password;

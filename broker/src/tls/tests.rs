@@ -132,8 +132,7 @@ async fn a_silent_peer_times_out_its_handshake() {
     let (stream, _) = listener.accept().await.unwrap();
     let error = handshake(&acceptor(), stream, Duration::from_millis(100))
         .await
-        .err()
-        .expect("no handshake from a silent peer");
+        .expect_err("no handshake from a silent peer");
     assert_eq!(error.kind(), io::ErrorKind::TimedOut);
 }
 
