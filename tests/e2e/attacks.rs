@@ -76,71 +76,48 @@ enum Via {
 
 const EVERY_TRANSPORT: [Via; 4] = [Via::Tcp, Via::Tls, Via::Ws, Via::Wss];
 
-fn v4(
-    broker: &TestBroker,
-    via: Via,
-    client_id: &str,
-    user: &str,
-    password: &str,
-) -> rumqttc::MqttOptions {
-    let mut opts = match via {
-        Via::Tcp => raw::v4_options(broker.mqtt_addr(), client_id, user, password, true),
-        Via::Tls => raw::v4_options(broker.tls_addr(), client_id, user, password, true),
-        Via::Ws => rumqttc::MqttOptions::new(client_id, broker.ws_url(), broker.ws_addr().port()),
-        Via::Wss => {
-            rumqttc::MqttOptions::new(client_id, broker.wss_url(), broker.wss_addr().port())
+/// `fn $name(broker, via, client_id, user, password)`: rumqttc options of
+/// one protocol level (`$options`, made for TCP by `$tcp`) on any of the
+/// four transports.
+macro_rules! options_via {
+    ($name:ident, $options:ty, $tcp:expr) => {
+        fn $name(
+            broker: &TestBroker,
+            via: Via,
+            client_id: &str,
+            user: &str,
+            password: &str,
+        ) -> $options {
+            let mut opts = match via {
+                Via::Tcp => $tcp(broker.mqtt_addr(), client_id, user, password),
+                Via::Tls => $tcp(broker.tls_addr(), client_id, user, password),
+                Via::Ws => <$options>::new(client_id, broker.ws_url(), broker.ws_addr().port()),
+                Via::Wss => <$options>::new(client_id, broker.wss_url(), broker.wss_addr().port()),
+            };
+            opts.set_credentials(user, password)
+                .set_keep_alive(Duration::from_secs(30));
+            let transport = match via {
+                Via::Tcp => rumqttc::Transport::Tcp,
+                Via::Tls => rumqttc::Transport::Tls(broker.pki().rumqttc_tls()),
+                Via::Ws => rumqttc::Transport::Ws,
+                Via::Wss => rumqttc::Transport::Wss(broker.pki().rumqttc_tls()),
+            };
+            opts.set_transport(transport);
+            opts
         }
     };
-    opts.set_credentials(user, password)
-        .set_keep_alive(Duration::from_secs(30));
-    match via {
-        Via::Tcp => {}
-        Via::Tls => {
-            opts.set_transport(rumqttc::Transport::Tls(broker.pki().rumqttc_tls()));
-        }
-        Via::Ws => {
-            opts.set_transport(rumqttc::Transport::Ws);
-        }
-        Via::Wss => {
-            opts.set_transport(rumqttc::Transport::Wss(broker.pki().rumqttc_tls()));
-        }
-    }
-    opts
 }
 
-fn v5(
-    broker: &TestBroker,
-    via: Via,
-    client_id: &str,
-    user: &str,
-    password: &str,
-) -> rumqttc::v5::MqttOptions {
-    let mut opts = match via {
-        Via::Tcp => raw::v5_options(broker.mqtt_addr(), client_id, user, password, None),
-        Via::Tls => raw::v5_options(broker.tls_addr(), client_id, user, password, None),
-        Via::Ws => {
-            rumqttc::v5::MqttOptions::new(client_id, broker.ws_url(), broker.ws_addr().port())
-        }
-        Via::Wss => {
-            rumqttc::v5::MqttOptions::new(client_id, broker.wss_url(), broker.wss_addr().port())
-        }
-    };
-    opts.set_credentials(user, password)
-        .set_keep_alive(Duration::from_secs(30));
-    match via {
-        Via::Tcp => {}
-        Via::Tls => {
-            opts.set_transport(rumqttc::Transport::Tls(broker.pki().rumqttc_tls()));
-        }
-        Via::Ws => {
-            opts.set_transport(rumqttc::Transport::Ws);
-        }
-        Via::Wss => {
-            opts.set_transport(rumqttc::Transport::Wss(broker.pki().rumqttc_tls()));
-        }
-    }
-    opts
-}
+options_via!(
+    v4,
+    rumqttc::MqttOptions,
+    |addr, id: &str, user: &str, pw: &str| { raw::v4_options(addr, id, user, pw, true) }
+);
+options_via!(
+    v5,
+    rumqttc::v5::MqttOptions,
+    |addr, id: &str, user: &str, pw: &str| { raw::v5_options(addr, id, user, pw, None) }
+);
 
 /// bob keeps sending to carol until stopped; carol's client is returned
 /// with the seqs bob had acknowledged.
