@@ -253,6 +253,8 @@ async fn failed_logins_are_limited_per_user_and_address_but_successes_never() {
         locked.status, 429,
         "a locked user is refused even with the right password"
     );
+    let connect = parley_tests::Client::connect(broker.options("alice", "phone")).await;
+    assert!(connect.is_err(), "the lock covers password CONNECTs too");
     // bob still has his own allowance, until the address runs out.
     for _ in 0..3 {
         assert_eq!(
