@@ -7,6 +7,8 @@
 //! (then the socket is not read: back-pressure), requests beyond the
 //! device's rate are refused ([`limits`](super::limits)), live envelopes
 //! and in-flight publishes are bounded by the [`Outbox`].
+//!
+//! `subscriptions.rs`: SUBSCRIBE / UNSUBSCRIBE and what they cover.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,26 +26,27 @@ use parley_storage::StorageError;
 use prost::Message;
 use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubComp,
-    PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, Subscribe, SubscribeReasonCode,
-    UnsubAck, UnsubAckReason, Unsubscribe,
+    PubCompReason, PubRec, PubRecReason, Publish, QoS,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::admission::Connecting;
-use super::codec::{self, Codec, FrameError, Level};
-use super::connect::{self, Accepted, Deny, Refusal};
-use super::limits::{DeviceLimits, SubscriptionCheck};
-use super::outbox::{Outbox, Stream};
-use super::session::{self, SessionStart};
-use super::transport::Transport;
-use super::Shared;
+use crate::mqtt::admission::Connecting;
+mod subscriptions;
+
 use crate::accounts::tokens::TokenDigest;
 use crate::chat::{encode_reply, Then};
 use crate::clock::now_ms;
 use crate::metrics as m;
+use crate::mqtt::codec::{self, Codec, FrameError, Level};
+use crate::mqtt::connect::{self, Accepted, Deny, Refusal};
+use crate::mqtt::limits::DeviceLimits;
+use crate::mqtt::outbox::{Outbox, Stream};
+use crate::mqtt::session::{self, SessionStart};
+use crate::mqtt::transport::Transport;
+use crate::mqtt::Shared;
 use crate::router::{DeviceLink, Eviction, LiveBatch};
 
 /// How long a write may block before the device is considered gone.
@@ -522,110 +525,6 @@ impl Connection {
         if done.then == Then::Logout {
             // Answered; the loop closes once the reply is written.
             self.logged_out = true;
-        }
-    }
-
-    async fn on_subscribe(&mut self, subscribe: Subscribe) {
-        let rate_limited = self.limits.take_request().is_err();
-        let mut codes = Vec::with_capacity(subscribe.filters.len());
-        let mut changed = false;
-        for filter in subscribe.filters {
-            let check = match rate_limited {
-                true => SubscriptionCheck::RateLimited,
-                false => {
-                    self.limits
-                        .check_subscription(&self.user, &filter.path, &self.subscriptions)
-                }
-            };
-            if check != SubscriptionCheck::Allowed {
-                tracing::warn!(filter = %filter.path, reason = check.as_str(), "subscription refused");
-                m::subscription_refused();
-                if check != SubscriptionCheck::Forbidden {
-                    m::refused(check.as_str());
-                }
-                codes.push(check.reason_code(self.codec.level()));
-                continue;
-            }
-            let qos = if filter.qos == QoS::AtMostOnce {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            let entry = (filter.path, qos as u8);
-            if !self.subscriptions.contains(&entry) {
-                self.subscriptions.retain(|(path, _)| *path != entry.0);
-                self.subscriptions.push(entry);
-                changed = true;
-            }
-            codes.push(SubscribeReasonCode::Success(qos));
-        }
-        if changed {
-            self.apply_subscriptions();
-            self.persist_subscriptions().await;
-        }
-        self.write(Packet::SubAck(
-            SubAck {
-                pkid: subscribe.pkid,
-                return_codes: codes,
-            },
-            None,
-        ));
-    }
-
-    async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
-        let before = self.subscriptions.len();
-        let reasons = unsubscribe
-            .filters
-            .iter()
-            .map(|filter| {
-                let before = self.subscriptions.len();
-                self.subscriptions.retain(|(path, _)| path != filter);
-                match self.subscriptions.len() < before {
-                    true => UnsubAckReason::Success,
-                    false => UnsubAckReason::NoSubscriptionExisted,
-                }
-            })
-            .collect();
-        if self.subscriptions.len() < before {
-            self.apply_subscriptions();
-            self.persist_subscriptions().await;
-        }
-        self.write(Packet::UnsubAck(
-            UnsubAck {
-                pkid: unsubscribe.pkid,
-                reasons,
-            },
-            None,
-        ));
-    }
-
-    /// Works out which of the device's own streams its filters cover.
-    fn apply_subscriptions(&mut self) {
-        let qos_for = |topic: &str| {
-            self.subscriptions
-                .iter()
-                .filter(|(filter, _)| acl::filter_matches(filter, topic))
-                .map(|(_, qos)| *qos)
-                .max()
-                .map(|qos| {
-                    if qos == 0 {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    }
-                })
-        };
-        let inbox = qos_for(&self.inbox_topic);
-        let reply = qos_for(&self.reply_topic);
-        self.outbox.set_subscriptions(inbox, reply);
-    }
-
-    async fn persist_subscriptions(&mut self) {
-        let Some(expiry) = self.durable else {
-            return;
-        };
-        if let Err(error) = self.session_snapshot(expiry, 0).save().await {
-            tracing::error!(%error, "cannot save the session's subscriptions");
         }
     }
 

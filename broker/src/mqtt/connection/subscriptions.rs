@@ -1,0 +1,118 @@
+//! One connection's subscriptions: SUBSCRIBE and UNSUBSCRIBE against the
+//! ACL and the per-device limits, which of its own streams (inbox, reply)
+//! they cover, and their place in the durable session record.
+
+use parley_chat_logic::acl;
+use rumqttd::protocol::{
+    Packet, QoS, SubAck, Subscribe, SubscribeReasonCode, UnsubAck, UnsubAckReason, Unsubscribe,
+};
+
+use super::Connection;
+use crate::metrics as m;
+use crate::mqtt::limits::SubscriptionCheck;
+
+impl Connection {
+    pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) {
+        let rate_limited = self.limits.take_request().is_err();
+        let mut codes = Vec::with_capacity(subscribe.filters.len());
+        let mut changed = false;
+        for filter in subscribe.filters {
+            let check = match rate_limited {
+                true => SubscriptionCheck::RateLimited,
+                false => {
+                    self.limits
+                        .check_subscription(&self.user, &filter.path, &self.subscriptions)
+                }
+            };
+            if check != SubscriptionCheck::Allowed {
+                tracing::warn!(filter = %filter.path, reason = check.as_str(), "subscription refused");
+                m::subscription_refused();
+                if check != SubscriptionCheck::Forbidden {
+                    m::refused(check.as_str());
+                }
+                codes.push(check.reason_code(self.codec.level()));
+                continue;
+            }
+            let qos = if filter.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let entry = (filter.path, qos as u8);
+            if !self.subscriptions.contains(&entry) {
+                self.subscriptions.retain(|(path, _)| *path != entry.0);
+                self.subscriptions.push(entry);
+                changed = true;
+            }
+            codes.push(SubscribeReasonCode::Success(qos));
+        }
+        if changed {
+            self.apply_subscriptions();
+            self.persist_subscriptions().await;
+        }
+        self.write(Packet::SubAck(
+            SubAck {
+                pkid: subscribe.pkid,
+                return_codes: codes,
+            },
+            None,
+        ));
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let before = self.subscriptions.len();
+        let reasons = unsubscribe
+            .filters
+            .iter()
+            .map(|filter| {
+                let before = self.subscriptions.len();
+                self.subscriptions.retain(|(path, _)| path != filter);
+                match self.subscriptions.len() < before {
+                    true => UnsubAckReason::Success,
+                    false => UnsubAckReason::NoSubscriptionExisted,
+                }
+            })
+            .collect();
+        if self.subscriptions.len() < before {
+            self.apply_subscriptions();
+            self.persist_subscriptions().await;
+        }
+        self.write(Packet::UnsubAck(
+            UnsubAck {
+                pkid: unsubscribe.pkid,
+                reasons,
+            },
+            None,
+        ));
+    }
+
+    /// Works out which of the device's own streams its filters cover.
+    pub(super) fn apply_subscriptions(&mut self) {
+        let qos_for = |topic: &str| {
+            self.subscriptions
+                .iter()
+                .filter(|(filter, _)| acl::filter_matches(filter, topic))
+                .map(|(_, qos)| *qos)
+                .max()
+                .map(|qos| {
+                    if qos == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    }
+                })
+        };
+        let inbox = qos_for(&self.inbox_topic);
+        let reply = qos_for(&self.reply_topic);
+        self.outbox.set_subscriptions(inbox, reply);
+    }
+
+    async fn persist_subscriptions(&mut self) {
+        let Some(expiry) = self.durable else {
+            return;
+        };
+        if let Err(error) = self.session_snapshot(expiry, 0).save().await {
+            tracing::error!(%error, "cannot save the session's subscriptions");
+        }
+    }
+}
