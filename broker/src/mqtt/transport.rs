@@ -76,6 +76,22 @@ impl Transport {
             Transport::WebSocket(ws) => ws.close().await.map_err(io::Error::other),
         };
     }
+
+    /// Reads and discards what the peer sends until it closes, for at most
+    /// `limit`: a grace period before [`close`](Self::close), so that what
+    /// was written last (a Logout's reply) is read before the stream ends.
+    pub async fn drain(&mut self, limit: std::time::Duration) {
+        let mut scratch = BytesMut::new();
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(read) = self.read_into(&mut scratch).await {
+                if read == 0 {
+                    return;
+                }
+                scratch.clear();
+            }
+        })
+        .await;
+    }
 }
 
 async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {

@@ -51,6 +51,9 @@ use crate::router::{DeviceLink, Eviction, LiveBatch};
 
 /// How long a write may block before the device is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection stays open after answering its device's Logout,
+/// unless the device closes first.
+const LOGOUT_LINGER: Duration = Duration::from_millis(500);
 /// How long a new connection waits for the one it replaces to finish.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// How often at most a durable session's acked cursor is written.
@@ -169,6 +172,10 @@ struct Connection {
     /// Armed while an acked cursor waits to be written (durable sessions).
     cursor_timer: Pin<Box<tokio::time::Sleep>>,
     cursor_flush_pending: bool,
+    /// The cursor write in progress, if any: at most one at a time, and
+    /// `finish` waits for it, so no write of this connection reaches the
+    /// session record after a successor has opened it.
+    cursor_write: Option<JoinHandle<()>>,
     persisted_cursor: u64,
 }
 
@@ -261,6 +268,7 @@ impl Connection {
             last_seen: Instant::now(),
             cursor_timer: Box::pin(tokio::time::sleep(CURSOR_FLUSH)),
             cursor_flush_pending: false,
+            cursor_write: None,
             persisted_cursor: start.cursor,
         };
         connection.apply_subscriptions();
@@ -631,6 +639,15 @@ impl Connection {
     /// crash only means redelivery).
     fn flush_cursor(&mut self) {
         self.cursor_flush_pending = false;
+        if self
+            .cursor_write
+            .as_ref()
+            .is_some_and(|write| !write.is_finished())
+        {
+            // One write at a time, so they land in order: try again later.
+            self.schedule_cursor_flush();
+            return;
+        }
         let acked = self.outbox.acked_upto();
         if acked <= self.persisted_cursor {
             return;
@@ -638,11 +655,11 @@ impl Connection {
         self.persisted_cursor = acked;
         let store = self.shared.store.clone();
         let (user, device) = (self.user.clone(), self.device.clone());
-        tokio::task::spawn_blocking(move || {
+        self.cursor_write = Some(tokio::task::spawn_blocking(move || {
             if let Err(error) = store.set_session_cursor(&user, &device, acked) {
                 tracing::warn!(%error, "cannot save the session cursor");
             }
-        });
+        }));
     }
 
     /// Ends the connection: tells the device why (v5), saves the session
@@ -658,13 +675,24 @@ impl Connection {
             | Close::Revoked => tracing::info!(reason = %close, "disconnected"),
             _ => tracing::warn!(reason = %close, "connection closed"),
         }
-        if self.codec.level() == Level::V5 {
+        // After the device's own Logout its reply says it all: a DISCONNECT
+        // behind it makes rumqttc drop the reply with a decoding error.
+        if self.codec.level() == Level::V5 && !self.logged_out {
             if let Some(reason_code) = disconnect_reason(&close) {
                 self.write(Packet::Disconnect(Disconnect { reason_code }, None));
             }
         }
         let _ = self.pump_and_flush().await;
+        if self.logged_out {
+            // The Logout's reply is out; give the device a moment to read it
+            // and close first: some clients (rumqttc) drop what they read in
+            // the same batch as the end of the stream.
+            self.io.drain(LOGOUT_LINGER).await;
+        }
         self.io.close().await;
+        if let Some(write) = self.cursor_write.take() {
+            let _ = write.await;
+        }
         // Save before leaving the router: a successor waits for this link
         // to be dropped (with `self`, after this function) before it reads
         // the session.
