@@ -51,3 +51,13 @@ impl BrokerError {
         }
     }
 }
+
+/// Runs blocking store work (RocksDB, argon2) off the async runtime; a task
+/// that panicked is an I/O error here.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| BrokerError::io("a blocking task failed", std::io::Error::other(error)))?
+}

@@ -31,7 +31,7 @@ use parley_storage::{Store, TokenFilter, TokenRecord};
 use crate::accounts::tokens::{self, NewToken, TokenCheck, TokenDigest};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::error::BrokerError;
+use crate::error::{blocking, BrokerError};
 use limiter::LoginLimiter;
 pub use passwords::Passwords;
 
@@ -254,15 +254,6 @@ impl Authenticator {
         })
         .await
     }
-}
-
-/// Runs blocking store work off the runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
-) -> Result<T, BrokerError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|error| BrokerError::io("auth task failed", std::io::Error::other(error)))?
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use super::error::{ApiError, BearerText, JsonBody};
 use super::{ClientAddr, HttpState};
 use crate::accounts;
 use crate::auth::{Bearer, Refusal};
-use crate::error::BrokerError;
+use crate::error::{blocking, BrokerError};
 use crate::metrics as m;
 use crate::router::{Devices, Eviction};
 
@@ -215,15 +215,5 @@ async fn check_password_attempt(
             tracing::warn!(%user, %addr, "login refused: wrong user id or password");
             Err(wrong())
         }
-    }
-}
-
-/// Runs blocking store work off the runtime.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, BrokerError> + Send + 'static,
-) -> Result<T, ApiError> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(result) => result.map_err(ApiError::from),
-        Err(_) => Err(ApiError::internal("a request task failed")),
     }
 }
