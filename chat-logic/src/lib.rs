@@ -19,6 +19,7 @@
 //! - [`command`]: `Request` payload -> validated [`Command`].
 //! - [`group`]: create / change members / leave, as pure decisions.
 //! - [`send`]: who receives a message; who may read a channel.
+//! - [`receipts`]: per-channel read cursors that only move forward.
 //!
 //! # Example
 //! ```
@@ -50,6 +51,7 @@ pub mod error;
 pub mod group;
 pub mod ids;
 pub mod limits;
+pub mod receipts;
 pub mod send;
 
 pub use acl::PublishTopic;
@@ -59,3 +61,4 @@ pub use error::ChatError;
 pub use group::{Directory, Group, GroupChange};
 pub use ids::{ClientId, IdKind};
 pub use limits::Limits;
+pub use receipts::ReadCursor;

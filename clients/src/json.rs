@@ -5,13 +5,14 @@
 //! their protobuf names (`"READ"`, `"NOT_MEMBER"`); 64-bit numbers stay numbers.
 
 use parley_proto::v1::{
-    envelope, reply, Ack, ChatMessage, Envelope, ErrorCode, GroupEvent, HistoryPage, Presence,
-    ReceiptEvent, ReceiptKind, Reply, SyncPage, TypingEvent,
+    envelope, reply, Ack, ChatMessage, Envelope, ErrorCode, FriendEvent, FriendState, GroupEvent,
+    HistoryPage, Presence, ReceiptEvent, ReceiptKind, Reply, SyncPage, TypingEvent,
 };
 use serde_json::{json, Value};
 
 /// An envelope: `{"inbox_seq": N, "<kind>": {...}}`, kind one of
-/// `message`, `receipt`, `typing`, `group` (or no kind if the body is empty).
+/// `message`, `receipt`, `typing`, `group`, `friend` (or no kind if the body
+/// is empty).
 pub fn envelope(env: &Envelope) -> Value {
     let mut out = json!({ "inbox_seq": env.inbox_seq });
     let (key, body) = match &env.body {
@@ -19,6 +20,7 @@ pub fn envelope(env: &Envelope) -> Value {
         Some(envelope::Body::Receipt(r)) => ("receipt", receipt(r)),
         Some(envelope::Body::Typing(t)) => ("typing", typing(t)),
         Some(envelope::Body::Group(g)) => ("group", group_event(g)),
+        Some(envelope::Body::Friend(f)) => ("friend", friend_event(f)),
         None => return out,
     };
     out[key] = body;
@@ -62,6 +64,12 @@ pub fn group_event(g: &GroupEvent) -> Value {
         "members": g.members,
         "actor": g.actor,
     })
+}
+
+/// A friend event: `{"user", "state"}`, the state by its protobuf name.
+pub fn friend_event(f: &FriendEvent) -> Value {
+    let state = FriendState::try_from(f.state).unwrap_or(FriendState::Unspecified);
+    json!({ "user": f.user, "state": state.as_str_name() })
 }
 
 /// An ack: `{"channel", "seq", "ts_ms", "duplicate"}`.

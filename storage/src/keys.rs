@@ -27,12 +27,18 @@ pub(crate) enum Cf {
     Sessions,
     Tokens,
     UserTokens,
+    Friends,
+    UserChannels,
+    Cursors,
+    LastActive,
+    PushDevices,
+    PushJobs,
     Meta,
 }
 
 impl Cf {
     /// Every column family, in the order they are opened.
-    pub(crate) const ALL: [Cf; 9] = [
+    pub(crate) const ALL: [Cf; 15] = [
         Cf::Users,
         Cf::Groups,
         Cf::Messages,
@@ -41,6 +47,12 @@ impl Cf {
         Cf::Sessions,
         Cf::Tokens,
         Cf::UserTokens,
+        Cf::Friends,
+        Cf::UserChannels,
+        Cf::Cursors,
+        Cf::LastActive,
+        Cf::PushDevices,
+        Cf::PushJobs,
         Cf::Meta,
     ];
 
@@ -55,6 +67,12 @@ impl Cf {
             Cf::Sessions => "sessions",
             Cf::Tokens => "tokens",
             Cf::UserTokens => "user_tokens",
+            Cf::Friends => "friends",
+            Cf::UserChannels => "user_channels",
+            Cf::Cursors => "cursors",
+            Cf::LastActive => "last_active",
+            Cf::PushDevices => "push_devices",
+            Cf::PushJobs => "push_jobs",
             Cf::Meta => "meta",
         }
     }
@@ -146,6 +164,20 @@ pub(crate) fn session_key(user: &str, device: &str) -> Result<Vec<u8>, StorageEr
     key.extend_from_slice(user);
     key.push(SEP);
     key.extend_from_slice(device);
+    Ok(key)
+}
+
+/// `owner 0x00 item`: the keys of the families that hold one small entry
+/// per pair (`friends`: user, friend; `user_channels` and `cursors`: user,
+/// channel; `push_devices`: user, device). Same shape as a session key.
+pub(crate) fn pair_key(owner: &str, item: &str) -> Result<Vec<u8>, StorageError> {
+    session_key(owner, item)
+}
+
+/// `owner 0x00`: the start of every [`pair_key`] of `owner`.
+pub(crate) fn pair_prefix(owner: &str) -> Result<Vec<u8>, StorageError> {
+    let mut key = part(owner)?.to_vec();
+    key.push(SEP);
     Ok(key)
 }
 
