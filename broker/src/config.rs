@@ -108,11 +108,21 @@ pub struct Config {
     pub inflight_window: u16,
     /// Most members of one group (at most [`MAX_GROUP_MEMBERS_LIMIT`]).
     pub max_group_members: usize,
+    /// Most distinct users one request may name (`ChangeFriends`,
+    /// `QueryPresence`, `SystemMessage.users`).
+    pub max_users_per_request: usize,
+    /// Most friends and pending friend requests of one user.
+    pub max_friends: usize,
     /// Seconds of silence after which a device is offline.
     pub presence_timeout_secs: u64,
-    /// Push gateway URL (unused until the push issue).
+    /// The push gateway's full notify URL (Matrix Push Gateway API,
+    /// `.../_matrix/push/v1/notify`); unset: push is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub push_gateway: Option<String>,
+    /// Attempts at one push notification before it is dropped.
+    pub push_max_attempts: u32,
+    /// Seconds one POST to the push gateway may take, answer included.
+    pub push_timeout_secs: u64,
     /// Whether CONNECT may use the account password instead of a token.
     pub allow_password_login: bool,
     /// Most requests per group commit.
@@ -224,8 +234,12 @@ const KEYS: &[Key] = &[
     key("max_subscriptions", U32),
     key("inflight_window", U16),
     key("max_group_members", U32),
+    key("max_users_per_request", U32),
+    key("max_friends", U32),
     key("presence_timeout_secs", U32),
     optional("push_gateway", Kind::Text),
+    key("push_max_attempts", U32),
+    key("push_timeout_secs", U32),
     key("allow_password_login", Kind::Bool),
     key("commit_batch_max", U32),
     key("log", Kind::Text),
@@ -361,7 +375,11 @@ impl Config {
             ("max_subscriptions", self.max_subscriptions),
             ("inflight_window", usize::from(self.inflight_window)),
             ("max_group_members", self.max_group_members),
+            ("max_users_per_request", self.max_users_per_request),
+            ("max_friends", self.max_friends),
             ("presence_timeout_secs", self.presence_timeout_secs as usize),
+            ("push_max_attempts", self.push_max_attempts as usize),
+            ("push_timeout_secs", self.push_timeout_secs as usize),
             ("commit_batch_max", self.commit_batch_max),
         ] {
             if value == 0 {
@@ -383,11 +401,8 @@ impl Config {
         self.validate_listeners()?;
         self.validate_discovery()?;
         if let Some(url) = &self.push_gateway {
-            let rest = url
-                .strip_prefix("https://")
-                .or_else(|| url.strip_prefix("http://"));
-            if rest.is_none_or(str::is_empty) {
-                return invalid("push_gateway", "must be an http:// or https:// URL");
+            if let Err(message) = crate::push::gateway::parse_gateway_url(url) {
+                return invalid("push_gateway", &message);
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
@@ -481,6 +496,21 @@ impl Config {
     /// `presence_timeout_secs` as a duration.
     pub fn presence_timeout(&self) -> Duration {
         Duration::from_secs(self.presence_timeout_secs)
+    }
+
+    /// The chat rules' limits: the configured keys, the rest at their defaults.
+    pub fn chat_limits(&self) -> parley_chat_logic::limits::Limits {
+        parley_chat_logic::limits::Limits {
+            max_group_members: self.max_group_members,
+            max_users_per_request: self.max_users_per_request,
+            max_friends: self.max_friends,
+            ..Default::default()
+        }
+    }
+
+    /// `push_timeout_secs` as a duration.
+    pub fn push_timeout(&self) -> Duration {
+        Duration::from_secs(self.push_timeout_secs)
     }
 }
 

@@ -13,7 +13,11 @@
 //! - [`tls`]: rustls server configs from the PEM files, handshakes, the HTTPS listener.
 //! - [`mqtt`]: one connection's life: codec, CONNECT, session, packets.
 //! - [`router`]: user id -> connected devices; live delivery hand-off.
+//! - [`presence`]: who is online (heartbeats, grace period), last activity,
+//!   and the retained per-friend-pair presence topics.
 //! - [`chat`]: the engine thread (group commit) and the read-side requests.
+//! - [`push`]: push registrations and notifications through a Matrix push
+//!   gateway (the jobs in the store, the worker that sends them).
 //! - [`accounts`]: users (argon2 passwords), service accounts and session
 //!   tokens in the store.
 //! - [`auth`]: who may connect: tokens, passwords (argon2 pool and cache),
@@ -32,6 +36,8 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod mqtt;
+pub mod presence;
+pub mod push;
 pub mod rate;
 pub mod router;
 pub mod server;

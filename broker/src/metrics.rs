@@ -42,10 +42,23 @@ pub const PUBLISHES_DROPPED_TOTAL: &str = "parley_publishes_dropped_total";
 /// `reason` (`max_connections`, `max_connecting_per_addr`, `tls_handshake`,
 /// `ws_handshake`, ...) (counter).
 pub const REFUSALS_TOTAL: &str = "parley_refusals_total";
+/// Push notifications by outcome, label `result`: `sent` (a 2xx),
+/// `rejected` (a 2xx rejecting every pushkey), `retried` (a failed attempt,
+/// tried again later), `dropped` (refused by a 4xx, or out of attempts)
+/// (counter).
+pub const PUSH_NOTIFICATIONS_TOTAL: &str = "parley_push_notifications_total";
+/// Duration of one POST to the push gateway, answered or not (histogram,
+/// seconds).
+pub const PUSH_SEND_SECONDS: &str = "parley_push_send_seconds";
+/// Users online now (gauge).
+pub const ONLINE_USERS: &str = "parley_online_users";
+/// Live-only events (typing) handed to connected devices (counter).
+pub const LIVE_EVENTS_TOTAL: &str = "parley_live_events_total";
 
 const COMMIT_SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
 ];
+const PUSH_SECONDS_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 const BATCH_SIZE_BUCKETS: &[f64] = &[
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
 ];
@@ -72,6 +85,12 @@ fn install_once() -> PrometheusHandle {
             b.set_buckets_for_metric(
                 Matcher::Full(STORE_BATCH_SIZE.to_owned()),
                 BATCH_SIZE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(PUSH_SEND_SECONDS.to_owned()),
+                PUSH_SECONDS_BUCKETS,
             )
         });
     let builder = match builder {
@@ -103,6 +122,11 @@ fn install_once() -> PrometheusHandle {
 
 fn describe() {
     describe_gauge!(CONNECTIONS, "connections open now");
+    describe_gauge!(ONLINE_USERS, "users with an online device now");
+    describe_counter!(
+        LIVE_EVENTS_TOTAL,
+        "live-only events (typing) handed to devices"
+    );
     describe_counter!(CONNECTIONS_TOTAL, "connections accepted since start");
     describe_counter!(
         MESSAGES_IN_TOTAL,
@@ -128,6 +152,15 @@ fn describe() {
     describe_counter!(
         REFUSALS_TOTAL,
         "connections or requests refused by a limit or a failed handshake, by reason"
+    );
+    describe_counter!(
+        PUSH_NOTIFICATIONS_TOTAL,
+        "push notifications by result: sent, rejected, retried, dropped"
+    );
+    describe_histogram!(
+        PUSH_SEND_SECONDS,
+        Unit::Seconds,
+        "duration of one POST to the push gateway"
     );
 }
 
@@ -201,6 +234,31 @@ pub fn login(result: &'static str) {
 /// `"tls_handshake"`): one counter, one label value per reason.
 pub fn refused(reason: &'static str) {
     counter!(REFUSALS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A user came online (`true`) or went offline.
+pub fn presence_changed(online: bool) {
+    let users = gauge!(ONLINE_USERS);
+    match online {
+        true => users.increment(1.0),
+        false => users.decrement(1.0),
+    }
+}
+
+/// A live-only event reached `devices` devices.
+pub fn live_events(devices: u64) {
+    counter!(LIVE_EVENTS_TOTAL).increment(devices);
+}
+
+/// A push notification ended an attempt with `result` (`"sent"`,
+/// `"rejected"`, `"retried"`, `"dropped"`).
+pub fn push_notification(result: &'static str) {
+    counter!(PUSH_NOTIFICATIONS_TOTAL, "result" => result).increment(1);
+}
+
+/// One POST to the push gateway took `elapsed` (answered or not).
+pub fn push_send(elapsed: Duration) {
+    histogram!(PUSH_SEND_SECONDS).record(elapsed.as_secs_f64());
 }
 
 #[cfg(test)]

@@ -7,6 +7,11 @@
 //! compares its cursor with [`Router::inbox_head`] and reads what it missed
 //! back from RocksDB.
 //! So a slow device never costs more memory than its queue and window.
+//!
+//! Two kinds of live traffic are not inbox entries and never set that flag:
+//! live-only events (typing, `inbox_seq` 0: a full queue just drops them)
+//! and presence updates ([`Router::deliver_presence`]), which are kept per
+//! subject, newest only, so they are never dropped and never pile up.
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -27,6 +32,15 @@ pub struct LiveEnvelope {
     pub payload: Bytes,
 }
 
+/// A subject's presence as one observer sees it, on
+/// `presence/{subject}/{observer}`: an encoded `Presence`, or empty when the
+/// retained topic is cleared (the two stopped being friends).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceUpdate {
+    pub subject: String,
+    pub payload: Bytes,
+}
+
 /// One device's live queue: at most [`DEVICE_QUEUE`] envelopes, taken all
 /// at once by the connection. Lighter than a channel (no memory until an
 /// envelope arrives, and emptied queues give theirs back), which matters
@@ -40,8 +54,10 @@ pub struct LiveQueue {
 #[derive(Default)]
 struct LiveState {
     envelopes: VecDeque<LiveEnvelope>,
-    /// An envelope was dropped because the queue was full.
+    /// An inbox envelope was dropped because the queue was full.
     missed: bool,
+    /// The newest presence update per subject, not yet taken.
+    presence: HashMap<String, Bytes>,
     /// Why the router told this connection to go, once it has.
     evicted: Option<Eviction>,
 }
@@ -63,10 +79,13 @@ pub struct LiveBatch {
     pub envelopes: VecDeque<LiveEnvelope>,
     /// Envelopes were dropped: catch up from the store to the inbox head.
     pub missed: bool,
+    /// Presence updates, newest per subject.
+    pub presence: Vec<PresenceUpdate>,
 }
 
 impl LiveQueue {
-    /// Queues `envelope` unless the queue is full; false if it was dropped.
+    /// Queues `envelope` unless the queue is full; false if it was dropped
+    /// (remembered for inbox envelopes, forgotten for live-only events).
     pub fn offer(&self, envelope: LiveEnvelope) -> bool {
         let queued = {
             let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -74,7 +93,7 @@ impl LiveQueue {
                 state.envelopes.push_back(envelope);
                 true
             } else {
-                state.missed = true;
+                state.missed |= envelope.inbox_seq > 0;
                 false
             }
         };
@@ -82,12 +101,26 @@ impl LiveQueue {
         queued
     }
 
+    /// Queues a presence update, replacing an older one of the same subject.
+    pub fn offer_presence(&self, update: PresenceUpdate) {
+        {
+            let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            state.presence.insert(update.subject, update.payload);
+        }
+        self.ready.notify_one();
+    }
+
     /// Takes everything queued (possibly nothing) without waiting.
     pub fn take(&self) -> LiveBatch {
         let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let presence = std::mem::take(&mut state.presence)
+            .into_iter()
+            .map(|(subject, payload)| PresenceUpdate { subject, payload })
+            .collect();
         LiveBatch {
             envelopes: std::mem::take(&mut state.envelopes),
             missed: std::mem::take(&mut state.missed),
+            presence,
         }
     }
 
@@ -275,6 +308,17 @@ impl Router {
             .count()
     }
 
+    /// Offers a presence update to every connected device of `observer`.
+    pub fn deliver_presence(&self, observer: &str, update: PresenceUpdate) {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        let Some(entry) = users.get(observer) else {
+            return;
+        };
+        for device in entry.devices.values() {
+            device.live.offer_presence(update.clone());
+        }
+    }
+
     /// The highest inbox_seq delivered through the router for `user` since
     /// start (a hint; RocksDB holds the truth).
     pub fn inbox_head(&self, user: &str) -> u64 {
@@ -432,6 +476,38 @@ mod tests {
         assert!(router
             .evict("nobody", Devices::Only("x"), Eviction::LoggedOut)
             .is_empty());
+    }
+
+    #[test]
+    fn live_only_events_dropped_by_a_full_queue_are_not_missed() {
+        let router = Router::new();
+        let link = register(&router, "alice", "phone");
+        for seq in 1..=DEVICE_QUEUE as u64 {
+            router.deliver("alice", envelope(seq));
+        }
+        assert_eq!(router.deliver("alice", envelope(0)), 0, "typing dropped");
+        assert!(!link.live.take().missed, "nothing to read back");
+    }
+
+    #[test]
+    fn presence_keeps_the_newest_update_per_subject() {
+        let router = Router::new();
+        let link = register(&router, "alice", "phone");
+        let update = |subject: &str, payload: &'static [u8]| PresenceUpdate {
+            subject: subject.to_owned(),
+            payload: Bytes::from_static(payload),
+        };
+        router.deliver_presence("alice", update("bob", b"online"));
+        router.deliver_presence("alice", update("carol", b"online"));
+        router.deliver_presence("alice", update("bob", b"offline"));
+        router.deliver_presence("nobody", update("bob", b"x"));
+        let mut batch = link.live.take();
+        batch.presence.sort_by(|a, b| a.subject.cmp(&b.subject));
+        assert_eq!(
+            batch.presence,
+            [update("bob", b"offline"), update("carol", b"online")]
+        );
+        assert!(link.live.take().presence.is_empty());
     }
 
     #[test]

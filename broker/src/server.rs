@@ -17,7 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parley_chat_logic::limits::Limits;
 use parley_storage::Store;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -37,6 +36,8 @@ use crate::mqtt::admission::{Admission, Admitted, Refused};
 use crate::mqtt::connection;
 use crate::mqtt::transport::{Stream, Transport};
 use crate::mqtt::Shared;
+use crate::presence::Presence;
+use crate::push::{Push, PushConfig};
 use crate::router::Router;
 use crate::tls::{self, ServerTlsStream, TlsAcceptors, TlsListener};
 
@@ -50,6 +51,7 @@ pub struct Broker {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     engine_thread: std::thread::JoinHandle<()>,
+    push: Arc<Push>,
 }
 
 /// Which listener a connection came through (with its TLS settings).
@@ -102,27 +104,42 @@ impl Broker {
         let config = Arc::new(config);
         let store = open_store(&config).await?;
         let router = Router::new();
-        let limits = Limits {
-            max_group_members: config.max_group_members,
-            ..Limits::default()
-        };
+        let tasks = TaskTracker::new();
+        let presence = Presence::start(
+            store.clone(),
+            router.clone(),
+            config.presence_timeout(),
+            &shutdown,
+            &tasks,
+        );
+        let limits = config.chat_limits();
         let engine_config = EngineConfig {
             limits: limits.clone(),
             batch_max: config.commit_batch_max,
             queue: config.commit_batch_max * 4,
         };
-        let (engine, engine_thread) =
-            engine::spawn(store.clone(), router.clone(), engine_config)
-                .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
+        let push = Push::start(store.clone(), PushConfig::from_config(&config))?;
+        let outlets = engine::Outlets {
+            router: router.clone(),
+            presence: presence.clone(),
+            push: push.clone(),
+        };
+        let (engine, engine_thread) = engine::spawn(store.clone(), outlets, engine_config)
+            .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
         let shared = Arc::new(Shared {
             config: config.clone(),
             store: store.clone(),
-            router,
+            router: router.clone(),
+            sessions: crate::mqtt::session::Sessions::new(store.clone()),
+            presence: presence.clone(),
             auth: crate::auth::Authenticator::new(store.clone(), &config),
             chat: ChatService {
                 store,
                 engine,
                 limits: Arc::new(limits),
+                router: router.clone(),
+                presence,
+                push: push.clone(),
             },
         });
 
@@ -133,8 +150,9 @@ impl Broker {
             tls_addr: bound.tls.as_ref().map(|(l, _)| local_addr(l)).transpose()?,
             wss_addr: bound.wss.as_ref().map(|(l, _)| local_addr(l)).transpose()?,
             shutdown: shutdown.clone(),
-            tasks: TaskTracker::new(),
+            tasks,
             engine_thread,
+            push,
         };
         let listeners = crate::http::Listeners {
             tcp: Some(broker.mqtt_addr),
@@ -221,6 +239,8 @@ impl Broker {
         self.shutdown.cancelled().await;
         self.tasks.close();
         self.tasks.wait().await;
+        self.push.stop().await;
+        drop(self.push);
         let engine_thread = self.engine_thread;
         let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
         tracing::info!("broker stopped");

@@ -2,8 +2,9 @@
 //! decided without touching a socket or a disk.
 //!
 //! Owns: identities, channel ids, the topic ACL, request decoding and
-//! validation, group membership rules, the fan-out plan of a message, and the
-//! one error type with its client-facing code.
+//! validation, group membership rules, the friendship state machine, the
+//! fan-out plans of messages, typing notices and system messages, read
+//! cursors, and the one error type with its client-facing code.
 //!
 //! Must not: do any I/O, depend on tokio or RocksDB, or keep state. Whatever
 //! it needs to know about the world (is this a registered user? what does
@@ -15,10 +16,13 @@
 //! - [`ids`]: user / device / group ids and the MQTT client identifier.
 //! - [`channel`]: `dm:{a}:{b}`, `g:{group}`, `sys:{user}` and their canonical form.
 //! - [`acl`]: which topics a user may subscribe to and a device may publish on.
-//! - [`limits`]: size and paging limits, with the contract's defaults.
-//! - [`command`]: `Request` payload -> validated [`Command`].
+//! - [`limits`]: size, paging and per-request limits, with the contract's defaults.
+//! - [`command`]: `Request` payload -> validated [`Command`], for every
+//!   request kind of the contract.
 //! - [`group`]: create / change members / leave, as pure decisions.
-//! - [`send`]: who receives a message; who may read a channel.
+//! - [`friends`]: add / remove a friend: request, accept, unfriend.
+//! - [`send`]: who receives a message, a typing notice or a system message;
+//!   who may read a channel.
 //! - [`receipts`]: per-channel read cursors that only move forward.
 //!
 //! # Example
@@ -48,6 +52,7 @@ pub mod acl;
 pub mod channel;
 pub mod command;
 pub mod error;
+pub mod friends;
 pub mod group;
 pub mod ids;
 pub mod limits;
@@ -58,6 +63,7 @@ pub use acl::PublishTopic;
 pub use channel::Channel;
 pub use command::{decode_request, Command, Decoded};
 pub use error::ChatError;
+pub use friends::FriendChange;
 pub use group::{Directory, Group, GroupChange};
 pub use ids::{ClientId, IdKind};
 pub use limits::Limits;

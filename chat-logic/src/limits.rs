@@ -6,6 +6,12 @@ use crate::error::ChatError;
 /// The largest `max_group_members` the config may set.
 pub const MAX_GROUP_MEMBERS_CEILING: usize = 500;
 
+/// Longest push `platform` (the Matrix `app_id`), in bytes.
+pub const MAX_PUSH_PLATFORM_BYTES: usize = 64;
+
+/// Longest push `token` (the Matrix `pushkey`), in bytes.
+pub const MAX_PUSH_TOKEN_BYTES: usize = 4096;
+
 /// Size and paging limits of the chat rules. `Default` gives the contract's
 /// defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +32,12 @@ pub struct Limits {
     pub default_history_limit: u32,
     /// Largest `History` page; larger requests are clamped (default 1000).
     pub max_history_limit: u32,
+    /// Most distinct users one request may name (`ChangeFriends` add and
+    /// remove together, `QueryPresence`, `SystemMessage.users`; default 1000).
+    pub max_users_per_request: usize,
+    /// Most friendship links (friends and pending requests, both ways) one
+    /// user may have (default 1000).
+    pub max_friends: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +51,8 @@ impl Default for Limits {
             max_sync_limit: 1000,
             default_history_limit: 50,
             max_history_limit: 1000,
+            max_users_per_request: 1000,
+            max_friends: 1000,
         }
     }
 }
@@ -55,6 +69,8 @@ impl Limits {
         check_positive("max_text_chars", self.max_text_chars)?;
         check_positive("max_client_msg_id_bytes", self.max_client_msg_id_bytes)?;
         check_positive("max_group_name_chars", self.max_group_name_chars)?;
+        check_positive("max_users_per_request", self.max_users_per_request)?;
+        check_positive("max_friends", self.max_friends)?;
         check_page("sync", self.default_sync_limit, self.max_sync_limit)?;
         check_page(
             "history",
@@ -107,6 +123,8 @@ mod tests {
         assert_eq!(limits.max_text_chars, 100_000);
         assert_eq!(limits.max_group_members, 100);
         assert_eq!(limits.max_client_msg_id_bytes, 128);
+        assert_eq!(limits.max_users_per_request, 1000);
+        assert_eq!(limits.max_friends, 1000);
         assert_eq!(limits.validate(), Ok(()));
     }
 
@@ -162,5 +180,30 @@ mod tests {
             ..Limits::default()
         };
         assert!(zero_page.validate().is_err());
+        for (name, limits) in [
+            (
+                "max_users_per_request",
+                Limits {
+                    max_users_per_request: 0,
+                    ..Limits::default()
+                },
+            ),
+            (
+                "max_friends",
+                Limits {
+                    max_friends: 0,
+                    ..Limits::default()
+                },
+            ),
+        ] {
+            let error = limits.validate().unwrap_err();
+            assert!(error.message.contains(name), "{error}");
+        }
+        let one = Limits {
+            max_users_per_request: 1,
+            max_friends: 1,
+            ..Limits::default()
+        };
+        assert_eq!(one.validate(), Ok(()));
     }
 }

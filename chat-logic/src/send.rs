@@ -2,7 +2,10 @@
 //!
 //! [`recipients`] is the fan-out plan of a `SendMessage`: every member of the
 //! channel, sender included (so the sender's other devices see the message).
-//! [`check_reader`] is the same membership rule for reads (`History`).
+//! [`typing_recipients`] is the same rule for a typing notice, which goes to
+//! the other members only; [`system_recipients`] is the plan of a service's
+//! system message, which needs no membership. [`check_reader`] is the
+//! membership rule for reads (`History`).
 
 use crate::channel::Channel;
 use crate::error::ChatError;
@@ -40,9 +43,7 @@ fn direct_recipients(
 ) -> Result<Vec<String>, ChatError> {
     check_direct_member(sender, channel, low, high)?;
     for user in [sender, other_side(sender, low, high)] {
-        if !directory.is_user(user)? {
-            return Err(ChatError::not_found(format!("unknown user {user}")));
-        }
+        check_registered(user, directory)?;
     }
     Ok(vec![low.to_owned(), high.to_owned()])
 }
@@ -63,6 +64,54 @@ fn group_recipients(
     let group = group::require(group_id, group)?;
     group::ensure_member(group, sender)?;
     Ok(group.members.clone())
+}
+
+/// The users who see that `user` is typing in `channel`: every member but
+/// `user`, sorted and unique. Same errors as [`recipients`], except that a
+/// `sys:` channel is `FORBIDDEN` for typing (nobody types there).
+pub fn typing_recipients(
+    user: &str,
+    channel: &Channel,
+    group: Option<&Group>,
+    directory: &dyn Directory,
+) -> Result<Vec<String>, ChatError> {
+    if let Channel::System(_) = channel {
+        return Err(ChatError::forbidden(format!(
+            "nobody types in {channel}: system channels are written by services only"
+        )));
+    }
+    let mut members = recipients(user, channel, group, directory)?;
+    members.retain(|member| member != user);
+    Ok(members)
+}
+
+/// The users whose inboxes get a system message a service posts to
+/// `channel`, sorted and unique (a service is never a member).
+///
+/// Errors: `dm:` — `NOT_FOUND` when either user is not registered; `g:` —
+/// `NOT_FOUND` when the group does not exist; `sys:{user}` — `NOT_FOUND`
+/// when `user` is not registered.
+pub fn system_recipients(
+    channel: &Channel,
+    group: Option<&Group>,
+    directory: &dyn Directory,
+) -> Result<Vec<String>, ChatError> {
+    let users = match channel {
+        Channel::Direct { low, high } => vec![low.clone(), high.clone()],
+        Channel::Group(group_id) => return Ok(group::require(group_id, group)?.members.clone()),
+        Channel::System(user) => vec![user.clone()],
+    };
+    for user in &users {
+        check_registered(user, directory)?;
+    }
+    Ok(users)
+}
+
+fn check_registered(user: &str, directory: &dyn Directory) -> Result<(), ChatError> {
+    if directory.is_user(user)? {
+        return Ok(());
+    }
+    Err(ChatError::not_found(format!("unknown user {user}")))
 }
 
 /// `Ok` when `user` may read `channel` (`History`): one of the two users of a
@@ -181,6 +230,122 @@ mod tests {
             let error = recipients("alice", &channel(id), None, &directory).unwrap_err();
             assert_eq!(error.code, ErrorCode::Forbidden);
         }
+    }
+
+    #[test]
+    fn typing_goes_to_the_other_members() {
+        let g = team();
+        assert_eq!(
+            typing_recipients("carol", &channel("g:team"), Some(&g), &directory),
+            Ok(vec!["alice".to_owned(), "bob".to_owned()])
+        );
+        assert_eq!(
+            typing_recipients("alice", &channel("dm:alice:bob"), None, &directory),
+            Ok(vec!["bob".to_owned()])
+        );
+        assert_eq!(
+            typing_recipients("bob", &channel("dm:alice:bob"), None, &directory),
+            Ok(vec!["alice".to_owned()])
+        );
+        let alone = Group {
+            members: vec!["bob".into()],
+            ..team()
+        };
+        assert_eq!(
+            typing_recipients("bob", &channel("g:team"), Some(&alone), &directory),
+            Ok(vec![])
+        );
+    }
+
+    #[test]
+    fn typing_errors_follow_send() {
+        let g = team();
+        let code = |r: Result<Vec<String>, ChatError>| r.unwrap_err().code;
+        assert_eq!(
+            code(typing_recipients(
+                "carol",
+                &channel("dm:alice:bob"),
+                None,
+                &directory
+            )),
+            ErrorCode::NotMember
+        );
+        assert_eq!(
+            code(typing_recipients(
+                "alice",
+                &channel("dm:alice:ghost"),
+                None,
+                &directory
+            )),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(typing_recipients(
+                "dave",
+                &channel("g:team"),
+                Some(&g),
+                &directory
+            )),
+            ErrorCode::NotMember
+        );
+        assert_eq!(
+            code(typing_recipients(
+                "alice",
+                &channel("g:team"),
+                None,
+                &directory
+            )),
+            ErrorCode::NotFound
+        );
+        for id in ["sys:alice", "sys:bob"] {
+            let error = typing_recipients("alice", &channel(id), None, &directory).unwrap_err();
+            assert_eq!(error.code, ErrorCode::Forbidden);
+            assert!(error.message.contains("nobody types"), "{error}");
+        }
+    }
+
+    #[test]
+    fn system_messages_reach_every_member() {
+        let g = team();
+        assert_eq!(
+            system_recipients(&channel("dm:alice:bob"), None, &directory),
+            Ok(vec!["alice".to_owned(), "bob".to_owned()])
+        );
+        assert_eq!(
+            system_recipients(&channel("g:team"), Some(&g), &directory),
+            Ok(g.members.clone())
+        );
+        assert_eq!(
+            system_recipients(&channel("sys:alice"), None, &directory),
+            Ok(vec!["alice".to_owned()])
+        );
+    }
+
+    #[test]
+    fn system_message_errors() {
+        let g = team();
+        let code = |r: Result<Vec<String>, ChatError>| r.unwrap_err().code;
+        for id in ["dm:alice:ghost", "dm:ghost:zed", "sys:ghost"] {
+            let error = system_recipients(&channel(id), None, &directory).unwrap_err();
+            assert_eq!(error.code, ErrorCode::NotFound, "{id}");
+            assert!(error.message.contains("unknown user ghost"), "{error}");
+        }
+        assert_eq!(
+            code(system_recipients(&channel("g:team"), None, &directory)),
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            code(system_recipients(&channel("g:other"), Some(&g), &directory)),
+            ErrorCode::Internal
+        );
+        let broken = |_: &str| Err(ChatError::internal("io"));
+        assert_eq!(
+            code(system_recipients(&channel("sys:alice"), None, &broken)),
+            ErrorCode::Internal
+        );
+        // A group's members are not looked up again.
+        let never = |_: &str| -> Result<bool, ChatError> { panic!("directory consulted") };
+        assert!(system_recipients(&channel("g:team"), Some(&g), &never).is_ok());
     }
 
     #[test]

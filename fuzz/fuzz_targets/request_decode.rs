@@ -62,7 +62,28 @@ fn check(data: &[u8], limits: &Limits) {
                 "user added and removed"
             );
         }
-        Command::LeaveGroup(_) | Command::Unsupported(_) => {}
+        Command::ChangeFriends(change) => {
+            let total = change.add.len() + change.remove.len();
+            assert!(total > 0, "empty friend change accepted");
+            assert!(total <= limits.max_users_per_request, "too many friends at once");
+        }
+        Command::QueryPresence(query) => assert!(
+            (1..=limits.max_users_per_request).contains(&query.users.len()),
+            "presence of {} users",
+            query.users.len()
+        ),
+        Command::System(system) => {
+            assert!(!system.text.is_empty(), "empty system text accepted");
+            assert!(
+                system.text.chars().count() <= limits.max_text_chars,
+                "system text over the limit accepted"
+            );
+        }
+        Command::Receipt(receipt) => assert!(receipt.seq > 0, "receipt for seq 0"),
+        Command::LeaveGroup(_)
+        | Command::Typing(_)
+        | Command::RegisterPush(_)
+        | Command::Logout => {}
     }
 }
 
@@ -77,6 +98,8 @@ fuzz_target!(|data: &[u8]| {
         max_sync_limit: 2,
         default_history_limit: 1,
         max_history_limit: 2,
+        max_users_per_request: 2,
+        max_friends: 1,
     };
     check(data, &tiny);
 });

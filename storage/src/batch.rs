@@ -82,11 +82,7 @@ impl Batch {
     /// Removes the group `id` (nothing happens if it does not exist).
     pub fn delete_group(&mut self, id: &str) -> Result<(), StorageError> {
         let key = keys::id_key(id)?;
-        self.writes.push(Write {
-            cf: Cf::Groups,
-            key,
-            value: None,
-        });
+        self.delete(Cf::Groups, key);
         Ok(())
     }
 
@@ -100,11 +96,21 @@ impl Batch {
         self.writes.is_empty()
     }
 
-    fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
+    /// Adds a put of `value` at `key` in `cf`.
+    pub(crate) fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
         self.writes.push(Write {
             cf,
             key,
             value: Some(value),
+        });
+    }
+
+    /// Adds a delete of `key` in `cf`.
+    pub(crate) fn delete(&mut self, cf: Cf, key: Vec<u8>) {
+        self.writes.push(Write {
+            cf,
+            key,
+            value: None,
         });
     }
 

@@ -33,6 +33,16 @@ pub enum StorageError {
         source: serde_json::Error,
     },
 
+    /// A value this crate refuses to store (a friend link in state
+    /// `Removed` or `Unspecified`: an ended link is deleted instead).
+    #[error("cannot store {what}: {reason}")]
+    InvalidValue {
+        /// What was being stored.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
+
     /// A key part (id or channel) contains the 0x00 separator.
     #[error("invalid key part \"{0}\": ids and channels must not contain 0x00")]
     InvalidKey(String),

@@ -181,6 +181,11 @@ pub(crate) fn pair_prefix(owner: &str) -> Result<Vec<u8>, StorageError> {
     Ok(key)
 }
 
+/// `owner 0x01`: the exclusive upper bound of every [`pair_key`] of `owner`.
+pub(crate) fn pair_range_end(owner: &str) -> Result<Vec<u8>, StorageError> {
+    seq_range_end(owner)
+}
+
 /// Splits `user 0x00 device` into `(user, device)`.
 pub(crate) fn decode_session_key(key: &[u8]) -> Option<(&str, &str)> {
     let at = key.iter().position(|b| *b == SEP)?;

@@ -20,6 +20,13 @@
 //! - `batch.rs`: [`Batch`], a `WriteBatch` of chat-log writes, and
 //!   [`Store::commit`].
 //! - `tokens.rs`: session tokens by digest, and each account's index of them.
+//! - `friends.rs`: friend links, one per (user, other) pair.
+//! - `conversations.rs`: each user's index of channels, their read cursors
+//!   ([`ReadCursor`]) and the unread total; the one-time build of the index
+//!   in a data dir written before it existed.
+//! - `presence.rs`: when each user was last active (unsynced writes).
+//! - `push.rs`: push registrations ([`PushRegistration`]) and the queue of
+//!   notifications to send ([`PushJob`]).
 //! - `records.rs`: the stored records ([`UserRecord`], [`GroupRecord`],
 //!   [`SessionRecord`], [`InboxEntry`]) and their value encodings.
 //! - `keys.rs`: key encodings and the column family names.
@@ -42,7 +49,14 @@
 //! | `sessions` | `user_id 0x00 device_id` | [`SessionRecord`], JSON |
 //! | `tokens` | SHA-256 digest of a session token (32 bytes) | [`TokenRecord`], JSON |
 //! | `user_tokens` | `user_id 0x00 device_id 0x00 digest` | empty: the index of an account's tokens |
+//! | `friends` | `user_id 0x00 other_id` | one byte, the `FriendState` number as `user` sees it: 1 request received, 2 request sent, 3 friends (an ended link is deleted) |
+//! | `user_channels` | `user_id 0x00 channel` | empty: the index of a user's channels (`dm:`, `g:`, `sys:`) |
+//! | `cursors` | `user_id 0x00 channel` | [`ReadCursor`]: `delivered_be64 read_be64` |
+//! | `last_active` | `user_id` | `i64` big-endian, ms since the Unix epoch |
+//! | `push_devices` | `user_id 0x00 device_id` | [`PushRegistration`], JSON |
+//! | `push_jobs` | `job_id_be64` | [`PushJob`], JSON: a notification waiting to be sent |
 //! | `meta` | `format_version` | `u32` big-endian, 1 |
+//! | `meta` | `user_channels_built` | empty: present once `user_channels` is complete (set in a new data dir, or by the backfill at open) |
 //!
 //! Messages are stored once and referenced from every member's inbox, so a
 //! message to a 100-member group stores its text once and 100 small entries.
@@ -50,8 +64,12 @@
 #![warn(missing_docs)]
 
 mod batch;
+mod conversations;
 mod error;
+mod friends;
 mod keys;
+mod presence;
+mod push;
 mod records;
 mod scan;
 mod store;
@@ -62,6 +80,8 @@ mod test_support;
 
 pub use batch::Batch;
 pub use error::StorageError;
+pub use parley_chat_logic::ReadCursor;
+pub use push::{PushJob, PushRegistration, PUSH_BODY_CHARS};
 pub use records::{AccountKind, GroupRecord, InboxEntry, SessionRecord, TokenRecord, UserRecord};
 pub use store::Store;
 pub use tokens::TokenFilter;

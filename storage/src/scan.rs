@@ -159,6 +159,32 @@ impl Store {
             .collect()
     }
 
+    /// Calls `f(item, key, value)` for every [`keys::pair_key`]`(owner, item)`
+    /// of `cf`, in item order: one scan of `owner`'s range with iterate
+    /// bounds. A key whose item is not UTF-8 is corrupt.
+    pub(crate) fn for_each_pair(
+        &self,
+        cf: Cf,
+        owner: &str,
+        mut f: impl FnMut(&str, &[u8], &[u8]) -> Result<(), StorageError>,
+    ) -> Result<(), StorageError> {
+        let lower = keys::pair_prefix(owner)?;
+        let skip = lower.len();
+        let mut iter = self.range_iter(cf, lower, keys::pair_range_end(owner)?)?;
+        iter.seek_to_first();
+        while let Some((key, value)) = iter.item() {
+            let item = key
+                .get(skip..)
+                .and_then(|item| std::str::from_utf8(item).ok())
+                .filter(|item| !item.contains('\0'))
+                .ok_or_else(|| StorageError::corrupt(cf.name(), key, "malformed key"))?;
+            f(item, key, value)?;
+            iter.next();
+        }
+        iter.status()?;
+        Ok(())
+    }
+
     /// The sequence number in the last key of `owner`'s range, 0 if empty.
     fn last_seq(&self, cf: Cf, owner: &str) -> Result<u64, StorageError> {
         let mut iter =

@@ -7,10 +7,12 @@ use std::sync::Arc;
 use parley_proto::v1::ChatMessage;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
-    DBPinnableSlice, DBWithThreadMode, ErrorKind, Options, SingleThreaded, WriteOptions,
+    DBPinnableSlice, DBWithThreadMode, ErrorKind, Options, SingleThreaded, WriteBatch,
+    WriteOptions,
 };
 use tracing::debug;
 
+use crate::conversations::USER_CHANNELS_BUILT_KEY;
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
 use crate::records::{self, GroupRecord, SessionRecord, UserRecord};
@@ -55,8 +57,9 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Opens (or creates) the data dir at `path`, creating missing column
-    /// families. Fails with [`StorageError::Locked`] if another process (or
-    /// another `Store` in this one) has it open.
+    /// families and building indexes that an older data dir lacks (the
+    /// `user_channels` index, once). Fails with [`StorageError::Locked`] if
+    /// another process (or another `Store` in this one) has it open.
     pub fn open(path: impl AsRef<Path>) -> Result<Store, StorageError> {
         let path = path.as_ref();
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
@@ -67,6 +70,7 @@ impl Store {
             .map_err(|e| open_error(path, e))?;
         let store = Store { db: Arc::new(db) };
         store.check_format_version()?;
+        store.build_user_channels_if_missing()?;
         debug!(path = %path.display(), "storage opened");
         Ok(store)
     }
@@ -217,10 +221,16 @@ impl Store {
     }
 
     /// Records the format version in a new data dir, refuses a foreign one.
+    /// A new data dir also starts with every index complete (nothing to
+    /// backfill), so it gets the keys saying so in the same synced write.
     fn check_format_version(&self) -> Result<(), StorageError> {
         let Some(bytes) = self.get(Cf::Meta, FORMAT_VERSION_KEY)? else {
-            let version = FORMAT_VERSION.to_be_bytes();
-            return self.put(Cf::Meta, FORMAT_VERSION_KEY, &version, true);
+            let meta = self.cf(Cf::Meta)?;
+            let mut batch = WriteBatch::default();
+            batch.put_cf(meta, FORMAT_VERSION_KEY, FORMAT_VERSION.to_be_bytes());
+            batch.put_cf(meta, USER_CHANNELS_BUILT_KEY, []);
+            self.db.write_opt(batch, &write_options(true))?;
+            return Ok(());
         };
         let found: [u8; 4] = bytes[..].try_into().map_err(|_| {
             StorageError::corrupt(Cf::Meta.name(), FORMAT_VERSION_KEY, "expected 4 bytes")

@@ -22,12 +22,41 @@ use parley_storage::{Batch, Store};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use super::plan::{BatchPlan, KnownUsers};
+use super::plan::{BatchPlan, Effect, KnownUsers, Services};
 use crate::metrics as m;
+use crate::presence::Presence;
+use crate::push::Push;
 use crate::router::{LiveEnvelope, Router};
 
-/// What a job's submitter gets back: the Ack, or the error to reply with.
-pub type JobResult = Result<Ack, ChatError>;
+/// What a job's submitter gets back: what was committed, or the error to
+/// reply with.
+pub type JobResult = Result<Committed, ChatError>;
+
+/// A committed job: its Ack, and every message it stored as
+/// `(channel, seq)` (one per copy of a system message to several users).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Committed {
+    pub ack: Ack,
+    pub stored: Vec<(String, u64)>,
+}
+
+impl Committed {
+    /// A job that stored no message (a receipt, a group or friend change).
+    pub fn ack(ack: Ack) -> Committed {
+        Committed {
+            ack,
+            stored: Vec::new(),
+        }
+    }
+
+    /// A job that stored (or found, for a duplicate) the message its Ack names.
+    pub fn stored(ack: Ack) -> Committed {
+        Committed {
+            stored: vec![(ack.channel.clone(), ack.seq)],
+            ack,
+        }
+    }
+}
 
 /// One write request from one device.
 pub struct Job {
@@ -71,17 +100,24 @@ pub struct EngineConfig {
     pub queue: usize,
 }
 
+/// Where committed work goes: live delivery, presence, push.
+pub struct Outlets {
+    pub router: Arc<Router>,
+    pub presence: Arc<Presence>,
+    pub push: Arc<Push>,
+}
+
 /// Starts the engine thread. It stops once every [`EngineHandle`] is dropped
 /// and the queue is drained.
 pub fn spawn(
     store: Store,
-    router: Arc<Router>,
+    outlets: Outlets,
     config: EngineConfig,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (jobs, queue) = mpsc::channel(config.queue.max(1));
     let thread = std::thread::Builder::new()
         .name("chat-engine".into())
-        .spawn(move || Engine::new(store, router, config).run(queue))?;
+        .spawn(move || Engine::new(store, outlets, config).run(queue))?;
     Ok((EngineHandle { jobs }, thread))
 }
 
@@ -116,6 +152,11 @@ impl Sequences {
             }
         }
         Ok(())
+    }
+
+    /// The last `seq` of a channel [`load`](Self::load)ed before.
+    pub(super) fn channel_seq(&self, channel: &str) -> u64 {
+        self.channels.get(channel).copied().unwrap_or(0)
     }
 
     /// The next `seq` of a channel [`load`](Self::load)ed before.
@@ -175,17 +216,17 @@ pub(super) fn encode_body(body: envelope::Body) -> Arc<Bytes> {
 
 struct Engine {
     store: Store,
-    router: Arc<Router>,
+    outlets: Outlets,
     config: EngineConfig,
     sequences: Sequences,
     known_users: RefCell<KnownUsers>,
 }
 
 impl Engine {
-    fn new(store: Store, router: Arc<Router>, config: EngineConfig) -> Self {
+    fn new(store: Store, outlets: Outlets, config: EngineConfig) -> Self {
         Engine {
             store,
-            router,
+            outlets,
             config,
             sequences: Sequences::default(),
             known_users: RefCell::default(),
@@ -208,11 +249,16 @@ impl Engine {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
+        let services = Services {
+            presence: &self.outlets.presence,
+            push: &self.outlets.push,
+        };
         let mut plan = BatchPlan::new(
             &self.store,
             &self.known_users,
             &mut self.sequences,
             &self.config.limits,
+            services,
         );
         let results: Vec<JobResult> = jobs
             .iter()
@@ -221,6 +267,7 @@ impl Engine {
         let BatchPlan {
             batch,
             deliveries,
+            effects,
             poisoned,
             ..
         } = plan;
@@ -238,6 +285,7 @@ impl Engine {
             return;
         }
         self.publish(deliveries);
+        self.apply(effects);
         for (job, result) in jobs.into_iter().zip(results) {
             let _ = job.done.send(result);
         }
@@ -257,7 +305,18 @@ impl Engine {
                 inbox_seq: delivery.inbox_seq,
                 payload: encode_envelope(delivery.inbox_seq, &delivery.body),
             };
-            self.router.deliver(&delivery.user, envelope);
+            self.outlets.router.deliver(&delivery.user, envelope);
+        }
+    }
+
+    fn apply(&self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Friendship { a, b, friends } => {
+                    self.outlets.presence.friendship_changed(&a, &b, friends)
+                }
+                Effect::PushQueued => self.outlets.push.wake(),
+            }
         }
     }
 }

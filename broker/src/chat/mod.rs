@@ -2,26 +2,32 @@
 //! `req/{user}/{device}`.
 //!
 //! [`ChatService::handle`] decodes and validates the request (pure rules in
-//! `parley-chat-logic`), sends writes to the [`engine`] thread and answers
-//! reads from the store, and always yields exactly one `Reply`.
+//! `parley-chat-logic`), sends writes to the [`engine`] thread (group
+//! commit), answers reads from the store ([`reads`]), forwards live-only
+//! events ([`typing`]), and always yields exactly one `Reply`.
 
 pub mod engine;
 mod plan;
 pub mod reads;
+pub mod typing;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parley_chat_logic::command::{decode_request, salvage_request_id, Command};
+use parley_chat_logic::command::{decode_request, salvage_request_id, Command, RegisterPush};
 use parley_chat_logic::ids::AccountKind;
 use parley_chat_logic::limits::Limits;
 use parley_chat_logic::ChatError;
-use parley_proto::v1::{reply, Reply};
+use parley_proto::v1::{reply, Ack, Reply};
 use parley_storage::Store;
 
 use crate::metrics as m;
-pub use engine::{encode_envelope, EngineHandle};
+use crate::presence::Presence;
+use crate::push::Push;
+use crate::router::Router;
+pub use engine::{encode_envelope, Committed, EngineHandle};
+pub use typing::TypingLimit;
 
 /// Everything a connection needs to serve chat requests.
 #[derive(Clone)]
@@ -29,6 +35,17 @@ pub struct ChatService {
     pub store: Store,
     pub engine: EngineHandle,
     pub limits: Arc<Limits>,
+    pub router: Arc<Router>,
+    pub presence: Arc<Presence>,
+    pub push: Arc<Push>,
+}
+
+/// Who sent a request: the account, its device, and the device's typing
+/// allowance (kept by the connection).
+pub struct Requester<'a> {
+    pub user: &'a str,
+    pub device: &'a str,
+    pub typing: &'a mut TypingLimit,
 }
 
 /// A request being handled: its reply to come, and what the connection
@@ -49,13 +66,13 @@ pub enum Then {
 }
 
 impl ChatService {
-    /// Starts handling one request from account `user`. The queueing happens
-    /// before this returns (so requests of one device keep their order); the
-    /// reply future resolves once the reply is ready (after the commit, for
+    /// Starts handling one request. The queueing happens before this
+    /// returns (so requests of one device keep their order); the reply
+    /// future resolves once the reply is ready (after the commit, for
     /// writes).
     pub async fn handle(
         &self,
-        user: &str,
+        requester: Requester<'_>,
         payload: &[u8],
     ) -> Handled<impl Future<Output = Reply> + Send + 'static> {
         let decoded = decode_request(payload, &self.limits);
@@ -66,9 +83,9 @@ impl ChatService {
         };
         let pending = match decoded
             .command
-            .and_then(|command| allowed_for(user, command))
+            .and_then(|command| allowed_for(requester.user, command))
         {
-            Ok(command) => self.start(user, command).await,
+            Ok(command) => self.start(requester, command).await,
             Err(error) => Pending::Ready(Err(error)),
         };
         let reply = async move {
@@ -97,38 +114,58 @@ impl ChatService {
         }
     }
 
-    async fn start(&self, user: &str, command: Command) -> Pending {
+    async fn start(&self, requester: Requester<'_>, command: Command) -> Pending {
+        let user = requester.user.to_owned();
+        let device = requester.device.to_owned();
+        let store = self.store.clone();
         match command {
-            Command::Sync(sync) => {
-                let store = self.store.clone();
-                let user = user.to_owned();
-                Pending::Blocking(tokio::task::spawn_blocking(move || {
-                    reads::sync(&store, &user, sync.after_inbox_seq, sync.limit)
-                        .map(reply::Body::SyncPage)
+            Command::Sync(sync) => Pending::blocking(move || {
+                reads::sync(&store, &user, sync.after_inbox_seq, sync.limit)
+                    .map(reply::Body::SyncPage)
+            }),
+            Command::History(history) => Pending::blocking(move || {
+                reads::history(
+                    &store,
+                    &user,
+                    &history.channel,
+                    history.before_seq,
+                    history.limit,
+                )
+                .map(reply::Body::HistoryPage)
+            }),
+            Command::QueryPresence(query) => {
+                let presence = self.presence.clone();
+                Pending::blocking(move || {
+                    reads::presence(&store, &presence, &user, &query.users)
+                        .map(reply::Body::Presence)
+                })
+            }
+            Command::Typing(typing) => {
+                if let Err(error) = requester.typing.take() {
+                    return Pending::Ready(Err(error));
+                }
+                let router = self.router.clone();
+                Pending::blocking(move || {
+                    typing::forward(&store, &router, &user, &typing.channel).map(reply::Body::Ack)
+                })
+            }
+            Command::RegisterPush(register) => {
+                let push = self.push.clone();
+                Pending::Task(tokio::spawn(async move {
+                    register_push(&push, &user, &device, register).await
                 }))
             }
-            Command::History(history) => {
-                let store = self.store.clone();
-                let user = user.to_owned();
-                Pending::Blocking(tokio::task::spawn_blocking(move || {
-                    reads::history(
-                        &store,
-                        &user,
-                        &history.channel,
-                        history.before_seq,
-                        history.limit,
-                    )
-                    .map(reply::Body::HistoryPage)
+            Command::Logout => {
+                let push = self.push.clone();
+                Pending::Task(tokio::spawn(async move {
+                    // the device signs out: it gets no more notifications
+                    if let Err(error) = push.unregister(&user, &device).await {
+                        tracing::error!(%error, "cannot drop the push registration at logout");
+                    }
+                    Ok(ack_now())
                 }))
             }
-            Command::Logout => Pending::Ready(Ok(reply::Body::Ack(parley_proto::v1::Ack {
-                ts_ms: crate::clock::now_ms(),
-                ..Default::default()
-            }))),
-            Command::Unsupported(name) => Pending::Ready(Err(ChatError::bad_request(format!(
-                "{name} is not supported yet"
-            )))),
-            write => match self.engine.submit(user.to_owned(), write).await {
+            write => match self.engine.submit(user, write).await {
                 Ok(result) => Pending::Engine(result),
                 Err(error) => Pending::Ready(Err(error)),
             },
@@ -136,14 +173,41 @@ impl ChatService {
     }
 }
 
-/// Who may ask what: a service account only reads its own inbox and signs
-/// out (chat messages and groups are for users; services send system
-/// messages); only a service may send a system message.
+/// `RegisterPush`: store this device's registration, or drop it (empty token).
+async fn register_push(
+    push: &Push,
+    user: &str,
+    device: &str,
+    register: RegisterPush,
+) -> Result<reply::Body, ChatError> {
+    let done = match register.registration {
+        Some(target) => {
+            push.register(user, device, &target.platform, &target.token)
+                .await
+        }
+        None => push.unregister(user, device).await.map(|_| ()),
+    };
+    done.map(|()| ack_now()).map_err(|error| {
+        tracing::error!(%error, "cannot store the push registration");
+        ChatError::internal("storage failure")
+    })
+}
+
+fn ack_now() -> reply::Body {
+    reply::Body::Ack(Ack {
+        ts_ms: crate::clock::now_ms(),
+        ..Default::default()
+    })
+}
+
+/// Who may ask what: a service account reads its own inbox, sends system
+/// messages and signs out (chat, groups, friends and presence are for
+/// users); only a service may send a system message.
 fn allowed_for(user: &str, command: Command) -> Result<Command, ChatError> {
     let service = AccountKind::of(user) == Some(AccountKind::Service);
     let service_may = matches!(
         command,
-        Command::Sync(_) | Command::History(_) | Command::Logout | Command::Unsupported(_)
+        Command::Sync(_) | Command::History(_) | Command::Logout | Command::System(_)
     );
     if service && !service_may {
         return Err(ChatError::forbidden(format!(
@@ -151,7 +215,7 @@ fn allowed_for(user: &str, command: Command) -> Result<Command, ChatError> {
             command.name()
         )));
     }
-    if !service && command == Command::Unsupported("system") {
+    if !service && matches!(command, Command::System(_)) {
         return Err(ChatError::forbidden(
             "only service accounts may send system messages",
         ));
@@ -162,19 +226,24 @@ fn allowed_for(user: &str, command: Command) -> Result<Command, ChatError> {
 /// A request on its way to a reply.
 enum Pending {
     Ready(Result<reply::Body, ChatError>),
-    Blocking(tokio::task::JoinHandle<Result<reply::Body, ChatError>>),
+    /// Blocking store work, or an async task.
+    Task(tokio::task::JoinHandle<Result<reply::Body, ChatError>>),
     Engine(tokio::sync::oneshot::Receiver<engine::JobResult>),
 }
 
 impl Pending {
+    fn blocking(work: impl FnOnce() -> Result<reply::Body, ChatError> + Send + 'static) -> Pending {
+        Pending::Task(tokio::task::spawn_blocking(work))
+    }
+
     async fn finish(self) -> Result<reply::Body, ChatError> {
         match self {
             Pending::Ready(result) => result,
-            Pending::Blocking(task) => task
+            Pending::Task(task) => task
                 .await
                 .unwrap_or_else(|_| Err(ChatError::internal("request task failed"))),
             Pending::Engine(result) => match result.await {
-                Ok(result) => result.map(reply::Body::Ack),
+                Ok(result) => result.map(|committed| reply::Body::Ack(committed.ack)),
                 Err(_) => Err(ChatError::internal("the chat engine has stopped")),
             },
         }

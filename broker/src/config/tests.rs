@@ -29,8 +29,15 @@ fn defaults_parse() {
     assert_eq!(c.max_packet_size, 1_048_576);
     assert_eq!(c.inflight_window, 32);
     assert_eq!(c.max_group_members, 100);
+    assert_eq!((c.max_users_per_request, c.max_friends), (1000, 1000));
+    assert_eq!(
+        c.chat_limits(),
+        parley_chat_logic::limits::Limits::default()
+    );
     assert_eq!(c.presence_timeout(), Duration::from_secs(30));
     assert_eq!(c.push_gateway, None);
+    assert_eq!(c.push_max_attempts, 8);
+    assert_eq!(c.push_timeout(), Duration::from_secs(10));
     assert!(c.allow_password_login);
     assert_eq!(c.commit_batch_max, 512);
     assert_eq!(c.log, "info");
@@ -92,6 +99,27 @@ fn file_overrides_defaults() {
 }
 
 #[test]
+fn chat_limits_come_from_their_keys() {
+    let file = write_file("max_users_per_request = 50\nmax_friends = 70\n");
+    let vars = env(&[
+        ("PARLEY_MAX_FRIENDS", "80"),
+        ("PARLEY_MAX_GROUP_MEMBERS", "7"),
+    ]);
+    let c = Config::load(Some(file.path()), &vars, &[]).unwrap();
+    let limits = c.chat_limits();
+    assert_eq!(
+        (
+            limits.max_users_per_request,
+            limits.max_friends,
+            limits.max_group_members
+        ),
+        (50, 80, 7)
+    );
+    assert_eq!(limits.max_text_chars, 100_000);
+    assert_eq!(limits.validate(), Ok(()));
+}
+
+#[test]
 fn env_overrides_file() {
     let file = write_file("mqtt_addr = \"127.0.0.1:1999\"\npush_gateway = \"http://gw\"\n");
     let vars = env(&[
@@ -99,6 +127,8 @@ fn env_overrides_file() {
         ("PARLEY_ALLOW_PASSWORD_LOGIN", "false"),
         ("PARLEY_PRESENCE_TIMEOUT_SECS", "45"),
         ("PARLEY_PUSH_GATEWAY", ""),
+        ("PARLEY_PUSH_MAX_ATTEMPTS", "3"),
+        ("PARLEY_PUSH_TIMEOUT_SECS", "2"),
         ("PARLEY_DATA_DIR", "/var/lib/parley"),
         ("OTHER", "ignored"),
     ]);
@@ -111,6 +141,8 @@ fn env_overrides_file() {
         "an empty value unsets an optional key"
     );
     assert_eq!(c.data_dir, PathBuf::from("/var/lib/parley"));
+    assert_eq!(c.push_max_attempts, 3);
+    assert_eq!(c.push_timeout(), Duration::from_secs(2));
 }
 
 #[test]
@@ -178,6 +210,13 @@ fn invalid_values_name_the_key() {
         ),
         (
             None,
+            env(&[("PARLEY_MAX_USERS_PER_REQUEST", "0")]),
+            "max_users_per_request",
+        ),
+        (Some("max_friends = 0\n"), HashMap::new(), "max_friends"),
+        (None, env(&[("PARLEY_MAX_FRIENDS", "many")]), "max_friends"),
+        (
+            None,
             env(&[("PARLEY_INFLIGHT_WINDOW", "0")]),
             "inflight_window",
         ),
@@ -185,6 +224,31 @@ fn invalid_values_name_the_key() {
             None,
             env(&[("PARLEY_PUSH_GATEWAY", "ftp://x")]),
             "push_gateway",
+        ),
+        (
+            None,
+            env(&[("PARLEY_PUSH_GATEWAY", "https://")]),
+            "push_gateway",
+        ),
+        (
+            None,
+            env(&[("PARLEY_PUSH_GATEWAY", "http://a b/notify")]),
+            "push_gateway",
+        ),
+        (
+            None,
+            env(&[("PARLEY_PUSH_MAX_ATTEMPTS", "0")]),
+            "push_max_attempts",
+        ),
+        (
+            Some("push_timeout_secs = 0\n"),
+            HashMap::new(),
+            "push_timeout_secs",
+        ),
+        (
+            None,
+            env(&[("PARLEY_PUSH_TIMEOUT_SECS", "soon")]),
+            "push_timeout_secs",
         ),
         (
             None,

@@ -111,8 +111,9 @@ pub async fn logout(
         .router
         .evict(&user, Devices::Only(&device), Eviction::LoggedOut);
     if finished.is_empty() {
-        let (store, user, device) = (state.shared.store.clone(), user.clone(), device.clone());
-        blocking(move || Ok(store.delete_session(&user, &device)?)).await?;
+        let sessions = state.shared.sessions.clone();
+        let (user, device) = (user.clone(), device.clone());
+        blocking(move || Ok(sessions.delete(&user, &device)?)).await?;
     }
     for connection in finished {
         let _ = tokio::time::timeout(LOGOUT_WAIT, connection.cancelled()).await;

@@ -32,6 +32,10 @@ pub struct Shared {
     pub config: Arc<Config>,
     pub store: Store,
     pub router: Arc<Router>,
+    /// The owner of every durable session record.
+    pub sessions: Arc<session::Sessions>,
+    /// Who is online; the retained presence topics.
+    pub presence: Arc<crate::presence::Presence>,
     pub chat: ChatService,
     pub auth: crate::auth::Authenticator,
 }

@@ -1,22 +1,31 @@
 //! What one device is sent, in order, within a bounded in-flight window.
 //!
-//! Two streams share the window: replies to the device's requests and its
-//! user's inbox. The inbox stream keeps a cursor (`sent_upto`) and takes the
+//! Three streams share the window: replies to the device's requests, its
+//! friends' presence (`presence/{subject}/{user}`, newest state per subject,
+//! retained on subscribe) and its user's inbox. Live-only inbox events
+//! (typing, `inbox_seq` 0) go out at QoS 0 beside the inbox stream, outside
+//! its cursor: they are never stored, so never read back either.
+//! The inbox stream The inbox stream keeps a cursor (`sent_upto`) and takes the
 //! next envelope from the live queue when it is the next one, or asks the
 //! connection to read ahead from RocksDB when there is a gap (a dropped live
 //! envelope, a reconnect, a full window). Memory per device is bounded by
 //! [`LIVE_QUEUE`] plus the window, whatever the device's speed.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
+use parley_chat_logic::acl;
+use parley_proto::topics;
 use rumqttd::protocol::QoS;
 
-use crate::router::LiveEnvelope;
+use crate::router::{LiveEnvelope, PresenceUpdate};
 
 /// Live envelopes kept while the window is full; more are dropped and read
 /// back from the store later.
 pub const LIVE_QUEUE: usize = 256;
+/// Live-only events kept while the socket is busy; older ones are dropped
+/// (a typing notice is stale within seconds anyway).
+pub const EPHEMERAL_QUEUE: usize = 64;
 
 /// A publish the connection should write now.
 #[derive(Debug, PartialEq, Eq)]
@@ -25,18 +34,23 @@ pub struct Outgoing {
     pub qos: QoS,
     pub pkid: u16,
     pub payload: Bytes,
+    /// The RETAIN flag: set on retained presence sent for a new subscription.
+    pub retain: bool,
 }
 
 /// Which topic an outgoing publish goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stream {
     Reply,
     Inbox,
+    /// `presence/{subject}/{the device's user}`.
+    Presence(String),
 }
 
 #[derive(Debug, Clone, Copy)]
 enum Inflight {
-    Reply,
+    /// A reply or a presence update: nothing to resume from.
+    Other,
     Inbox(u64),
 }
 
@@ -55,6 +69,21 @@ pub struct Outbox {
     known_head: u64,
     live: VecDeque<LiveEnvelope>,
     fetching: bool,
+    ephemeral: VecDeque<Bytes>,
+    presence: PresenceStream,
+}
+
+/// The presence topics the device subscribed to and what waits to go there.
+#[derive(Debug, Default)]
+struct PresenceStream {
+    observer: String,
+    /// The device's filters that match presence topics, with their QoS.
+    filters: Vec<(String, QoS)>,
+    /// The newest payload per subject, with its RETAIN flag.
+    pending: HashMap<String, (Bytes, bool)>,
+    /// Subjects updated live since a snapshot was asked for: the snapshot,
+    /// read before those updates, must not overwrite them.
+    updated_since_snapshot: Option<HashSet<String>>,
 }
 
 /// What [`Outbox::pump`] asks of the connection.
@@ -82,6 +111,50 @@ impl Outbox {
             known_head: cursor,
             live: VecDeque::new(),
             fetching: false,
+            ephemeral: VecDeque::new(),
+            presence: PresenceStream::default(),
+        }
+    }
+
+    /// The device's subscriptions to `presence/{subject}/{observer}` topics.
+    pub fn set_presence_filters(&mut self, observer: &str, filters: Vec<(String, QoS)>) {
+        self.presence.observer = observer.to_owned();
+        self.presence.filters = filters
+            .into_iter()
+            .map(|(filter, qos)| (filter, at_most_once_or_least(qos)))
+            .collect();
+    }
+
+    /// Takes a live presence update (replacing an unsent older one).
+    pub fn push_presence(&mut self, update: PresenceUpdate) {
+        if let Some(updated) = &mut self.presence.updated_since_snapshot {
+            updated.insert(update.subject.clone());
+        }
+        self.presence
+            .pending
+            .insert(update.subject, (update.payload, false));
+    }
+
+    /// A snapshot of the retained presence is being read for a new
+    /// subscription: live updates from now on win over it.
+    pub fn begin_presence_snapshot(&mut self) {
+        self.presence.updated_since_snapshot = Some(HashSet::new());
+    }
+
+    /// The retained presence read after [`Outbox::begin_presence_snapshot`],
+    /// sent with the RETAIN flag unless a newer live update came meanwhile.
+    pub fn on_presence_snapshot(&mut self, retained: Vec<PresenceUpdate>) {
+        let updated = self
+            .presence
+            .updated_since_snapshot
+            .take()
+            .unwrap_or_default();
+        for update in retained {
+            if !updated.contains(&update.subject) {
+                self.presence
+                    .pending
+                    .insert(update.subject, (update.payload, true));
+            }
         }
     }
 
@@ -111,6 +184,9 @@ impl Outbox {
 
     /// Takes a live envelope from the router.
     pub fn push_live(&mut self, envelope: LiveEnvelope) {
+        if envelope.inbox_seq == 0 {
+            return self.push_ephemeral(envelope.payload);
+        }
         self.observe_head(envelope.inbox_seq);
         if envelope.inbox_seq <= self.sent_upto || self.inbox_qos.is_none() {
             return;
@@ -118,6 +194,16 @@ impl Outbox {
         if self.live.len() < LIVE_QUEUE {
             self.live.push_back(envelope);
         }
+    }
+
+    fn push_ephemeral(&mut self, payload: Bytes) {
+        if self.inbox_qos.is_none() {
+            return;
+        }
+        if self.ephemeral.len() == EPHEMERAL_QUEUE {
+            self.ephemeral.pop_front();
+        }
+        self.ephemeral.push_back(payload);
     }
 
     /// True while nothing more can be sent on the inbox stream until the
@@ -136,7 +222,7 @@ impl Outbox {
                 self.inbox_inflight.remove(&seq);
                 self.advance_acked()
             }
-            Some(Inflight::Reply) | None => false,
+            Some(Inflight::Other) | None => false,
         }
     }
 
@@ -157,11 +243,6 @@ impl Outbox {
         self.live.truncate(LIVE_QUEUE.max(self.window));
     }
 
-    /// A fetch failed: try again on the next pump.
-    pub fn on_fetch_failed(&mut self) {
-        self.fetching = false;
-    }
-
     /// Everything that may be sent now, and whether to read ahead.
     pub fn pump(&mut self) -> Pumped {
         let mut pumped = Pumped::default();
@@ -172,17 +253,28 @@ impl Outbox {
             let Some(payload) = self.replies.pop_front() else {
                 break;
             };
-            let pkid = self.track(qos, Inflight::Reply);
+            let pkid = self.track(qos, Inflight::Other);
             pumped.publishes.push(Outgoing {
                 stream: Stream::Reply,
                 qos,
                 pkid,
                 payload,
+                retain: false,
             });
         }
+        self.pump_presence(&mut pumped);
         let Some(qos) = self.inbox_qos else {
             return pumped;
         };
+        pumped
+            .publishes
+            .extend(self.ephemeral.drain(..).map(|payload| Outgoing {
+                stream: Stream::Inbox,
+                qos: QoS::AtMostOnce,
+                pkid: 0,
+                payload,
+                retain: false,
+            }));
         while qos == QoS::AtMostOnce || self.room() > 0 {
             self.drop_stale_live();
             match self.live.front() {
@@ -201,6 +293,43 @@ impl Outbox {
         pumped
     }
 
+    /// Pending presence updates, as far as the window allows; those no
+    /// subscription covers are dropped.
+    fn pump_presence(&mut self, pumped: &mut Pumped) {
+        let subjects: Vec<String> = self.presence.pending.keys().cloned().collect();
+        for subject in subjects {
+            let Some(qos) = self.presence_qos(&subject) else {
+                self.presence.pending.remove(&subject);
+                continue;
+            };
+            if qos != QoS::AtMostOnce && self.room() == 0 {
+                break;
+            }
+            let Some((payload, retain)) = self.presence.pending.remove(&subject) else {
+                continue;
+            };
+            let pkid = self.track(qos, Inflight::Other);
+            pumped.publishes.push(Outgoing {
+                stream: Stream::Presence(subject),
+                qos,
+                pkid,
+                payload,
+                retain,
+            });
+        }
+    }
+
+    /// The QoS of the device's best subscription covering `subject`'s topic.
+    fn presence_qos(&self, subject: &str) -> Option<QoS> {
+        let topic = topics::presence(subject, &self.presence.observer);
+        self.presence
+            .filters
+            .iter()
+            .filter(|(filter, _)| acl::filter_matches(filter, &topic))
+            .map(|(_, qos)| *qos)
+            .max_by_key(|qos| *qos as u8)
+    }
+
     fn send_inbox(&mut self, qos: QoS, envelope: LiveEnvelope) -> Outgoing {
         self.sent_upto = envelope.inbox_seq;
         let pkid = self.track(qos, Inflight::Inbox(envelope.inbox_seq));
@@ -212,6 +341,7 @@ impl Outbox {
             qos,
             pkid,
             payload: envelope.payload,
+            retain: false,
         }
     }
 
@@ -300,7 +430,7 @@ mod tests {
             .publishes
             .iter()
             .filter(|p| p.stream == Stream::Inbox)
-            .map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap())
+            .filter_map(|p| String::from_utf8_lossy(&p.payload).parse().ok())
             .collect()
     }
 
@@ -396,6 +526,105 @@ mod tests {
         assert_eq!(pumped.publishes.len(), 1);
         assert_eq!(pumped.publishes[0].stream, Stream::Reply);
         assert_eq!(pumped.publishes[0].qos, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn live_only_events_go_out_at_qos0_outside_the_cursor() {
+        let mut outbox = inbox_outbox(1, 5);
+        outbox.push_live(live(6));
+        outbox.push_live(LiveEnvelope {
+            inbox_seq: 0,
+            payload: Bytes::from_static(b"typing"),
+        });
+        let pumped = outbox.pump();
+        let typing: Vec<&Outgoing> = pumped
+            .publishes
+            .iter()
+            .filter(|p| p.payload == Bytes::from_static(b"typing"))
+            .collect();
+        assert_eq!(typing.len(), 1, "sent even though the window is full");
+        assert_eq!(
+            (typing[0].qos, typing[0].stream.clone()),
+            (QoS::AtMostOnce, Stream::Inbox)
+        );
+        assert_eq!(seqs(&pumped), vec![6]);
+        assert_eq!(
+            outbox.acked_upto(),
+            5,
+            "the cursor ignores live-only events"
+        );
+        let mut unsubscribed = Outbox::new(4, 0);
+        unsubscribed.push_live(LiveEnvelope {
+            inbox_seq: 0,
+            payload: Bytes::from_static(b"typing"),
+        });
+        unsubscribed.set_subscriptions(Some(QoS::AtLeastOnce), None);
+        assert!(unsubscribed.pump().publishes.is_empty());
+    }
+
+    fn presence(subject: &str, payload: &'static [u8]) -> PresenceUpdate {
+        PresenceUpdate {
+            subject: subject.to_owned(),
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn presence_goes_to_matching_subscriptions_newest_first_and_retained_on_subscribe() {
+        let mut outbox = Outbox::new(8, 0);
+        outbox.set_presence_filters(
+            "alice",
+            vec![("presence/+/alice".to_owned(), QoS::AtLeastOnce)],
+        );
+        outbox.begin_presence_snapshot();
+        outbox.push_presence(presence("bob", b"bob-live"));
+        outbox.on_presence_snapshot(vec![
+            presence("bob", b"bob-old"),
+            presence("carol", b"carol"),
+        ]);
+        let mut sent: Vec<(Stream, Bytes, bool)> = outbox
+            .pump()
+            .publishes
+            .into_iter()
+            .map(|p| (p.stream, p.payload, p.retain))
+            .collect();
+        sent.sort_by_key(|(stream, _, _)| format!("{stream:?}"));
+        assert_eq!(
+            sent,
+            [
+                (
+                    Stream::Presence("bob".into()),
+                    Bytes::from_static(b"bob-live"),
+                    false
+                ),
+                (
+                    Stream::Presence("carol".into()),
+                    Bytes::from_static(b"carol"),
+                    true
+                ),
+            ]
+        );
+        outbox.push_presence(presence("dave", b"a"));
+        outbox.push_presence(presence("dave", b"b"));
+        let pumped = outbox.pump();
+        assert_eq!(pumped.publishes.len(), 1, "coalesced");
+        assert_eq!(pumped.publishes[0].payload, Bytes::from_static(b"b"));
+    }
+
+    #[test]
+    fn presence_without_a_matching_subscription_is_dropped() {
+        let mut outbox = Outbox::new(8, 0);
+        outbox.set_presence_filters(
+            "alice",
+            vec![("presence/bob/alice".to_owned(), QoS::AtMostOnce)],
+        );
+        outbox.push_presence(presence("carol", b"x"));
+        outbox.push_presence(presence("bob", b"y"));
+        let pumped = outbox.pump();
+        assert_eq!(pumped.publishes.len(), 1);
+        assert_eq!(pumped.publishes[0].stream, Stream::Presence("bob".into()));
+        assert_eq!(pumped.publishes[0].qos, QoS::AtMostOnce);
+        assert!(outbox.pump().publishes.is_empty());
     }
 
     #[test]

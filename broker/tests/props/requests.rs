@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use parley_broker::chat::engine::{self, EngineConfig};
-use parley_broker::chat::ChatService;
+use parley_broker::chat::{ChatService, Requester, TypingLimit};
+use parley_broker::presence::Presence;
+use parley_broker::push::{Push, PushConfig};
 use parley_broker::router::Router;
 use parley_chat_logic::limits::Limits;
 use parley_proto::v1::{
@@ -301,6 +303,7 @@ fn check_group_change(user: &str, request: &Option<Request>, before: &Dump, afte
         Some(request::Body::ChangeMembers(c)) => (&c.group_id, c.remove.clone()),
         Some(request::Body::LeaveGroup(l)) => (&l.group_id, vec![user.to_owned()]),
         Some(request::Body::Logout(_)) => return, // changes no chat state
+        Some(request::Body::Typing(_)) => return, // live only, never stored
         other => panic!("an Ack to {other:?}"),
     };
     let Some(Some(group)) = before.groups.get(group_id) else {
@@ -456,7 +459,9 @@ struct World {
 }
 
 impl World {
-    fn new() -> World {
+    /// Starts the engine and its services on `runtime`.
+    fn new(runtime: &tokio::runtime::Runtime) -> World {
+        let _entered = runtime.enter();
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path()).expect("open the store");
         for user in USERS {
@@ -476,12 +481,27 @@ impl World {
             batch_max: 16,
             queue: 64,
         };
+        let router = Router::new();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let tasks = tokio_util::task::TaskTracker::new();
+        let timeout = std::time::Duration::from_secs(30);
+        let presence = Presence::start(store.clone(), router.clone(), timeout, &shutdown, &tasks);
+        let push_config = PushConfig::from_config(&parley_broker::Config::defaults());
+        let push = Push::start(store.clone(), push_config).expect("start push");
+        let outlets = engine::Outlets {
+            router: router.clone(),
+            presence: presence.clone(),
+            push: push.clone(),
+        };
         let (engine, engine_thread) =
-            engine::spawn(store.clone(), Router::new(), config).expect("spawn the engine");
+            engine::spawn(store.clone(), outlets, config).expect("spawn the engine");
         let service = ChatService {
             store: store.clone(),
             engine,
             limits: Arc::new(limits),
+            router,
+            presence,
+            push,
         };
         World {
             _dir: dir,
@@ -492,10 +512,13 @@ impl World {
     }
 
     async fn handle(&self, step: &Step) -> impl std::future::Future<Output = Reply> {
-        self.service
-            .handle(USERS[step.user], &step.payload())
-            .await
-            .reply
+        let mut typing = TypingLimit::default();
+        let requester = Requester {
+            user: USERS[step.user],
+            device: "phone",
+            typing: &mut typing,
+        };
+        self.service.handle(requester, &step.payload()).await.reply
     }
 
     /// Stops the engine (dropping the last handle) and fails if it panicked.
@@ -623,7 +646,7 @@ proptest! {
     #[test]
     fn hostile_requests_never_panic_nor_corrupt_the_store(actions in prop::collection::vec(action(), 1..24)) {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        let world = World::new();
+        let world = World::new(&runtime);
         runtime.block_on(run(&world, &actions));
         world.finish();
     }

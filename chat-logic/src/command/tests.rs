@@ -1,4 +1,4 @@
-use parley_proto::v1::ErrorCode;
+use parley_proto::v1::{ErrorCode, ReceiptKind};
 use proptest::prelude::*;
 
 use super::*;
@@ -315,34 +315,369 @@ fn leave_group_is_validated() {
     );
 }
 
-#[test]
-fn later_kinds_are_unsupported() {
-    let cases = [
-        (Body::Receipt(v1::MarkReceipt::default()), "receipt"),
-        (Body::Typing(v1::Typing::default()), "typing"),
-        (
-            Body::ChangeFriends(v1::ChangeFriends::default()),
-            "change_friends",
-        ),
-        (
-            Body::QueryPresence(v1::QueryPresence::default()),
-            "query_presence",
-        ),
-        (
-            Body::RegisterPush(v1::RegisterPush::default()),
-            "register_push",
-        ),
-        (Body::System(v1::SystemMessage::default()), "system"),
-    ];
-    for (body, name) in cases {
-        let command = decode(body).unwrap();
-        assert_eq!(command, Command::Unsupported(name));
-        assert_eq!(command.name(), name);
-        assert!(!command.is_write());
+fn strings(users: &[&str]) -> Vec<String> {
+    users.iter().map(|s| s.to_string()).collect()
+}
+
+fn receipt(channel: &str, seq: u64, kind: i32) -> Body {
+    Body::Receipt(v1::MarkReceipt {
+        channel: channel.to_owned(),
+        seq,
+        kind,
+    })
+}
+
+fn friends(add: &[&str], remove: &[&str]) -> Body {
+    Body::ChangeFriends(v1::ChangeFriends {
+        add: strings(add),
+        remove: strings(remove),
+    })
+}
+
+fn presence(users: &[&str]) -> Body {
+    Body::QueryPresence(v1::QueryPresence {
+        users: strings(users),
+    })
+}
+
+fn push(platform: &str, token: &str) -> Body {
+    Body::RegisterPush(v1::RegisterPush {
+        platform: platform.to_owned(),
+        token: token.to_owned(),
+    })
+}
+
+fn system(channel: &str, users: &[&str], client_msg_id: &str, text: &str) -> Body {
+    Body::System(v1::SystemMessage {
+        channel: channel.to_owned(),
+        client_msg_id: client_msg_id.to_owned(),
+        text: text.to_owned(),
+        users: strings(users),
+    })
+}
+
+/// `n` distinct valid user ids.
+fn many_users(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("u{i}")).collect()
+}
+
+fn with_users(max_users_per_request: usize) -> Limits {
+    Limits {
+        max_users_per_request,
+        ..Limits::default()
     }
-    let error = unsupported("typing");
-    assert_eq!(error.code, ErrorCode::BadRequest);
-    assert!(error.message.contains("not supported yet"), "{error}");
+}
+
+fn decode_with(body: Body, limits: &Limits) -> Result<Command, ChatError> {
+    decode_request(&encode("r", body), limits).command
+}
+
+#[test]
+fn receipt_is_validated() {
+    let command = decode(receipt("dm:alice:bob", 4, ReceiptKind::Read as i32)).unwrap();
+    assert_eq!(
+        command,
+        Command::Receipt(MarkReceipt {
+            channel: Channel::direct("alice", "bob").unwrap(),
+            seq: 4,
+            kind: ReceiptKind::Read,
+        })
+    );
+    assert_eq!(command.name(), "receipt");
+    assert!(command.is_write());
+    let delivered = decode(receipt("g:g1", u64::MAX, ReceiptKind::Delivered as i32)).unwrap();
+    assert!(matches!(
+        delivered,
+        Command::Receipt(MarkReceipt {
+            kind: ReceiptKind::Delivered,
+            seq: u64::MAX,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn receipt_rejections() {
+    let zero = decode_err(receipt("g:g1", 0, ReceiptKind::Read as i32));
+    assert_eq!(zero.code, ErrorCode::BadRequest);
+    assert!(zero.message.contains("seq"), "{zero}");
+    for kind in [0, 3, -1, 99] {
+        let error = decode_err(receipt("g:g1", 1, kind));
+        assert_eq!(error.code, ErrorCode::BadRequest);
+        assert!(error.message.contains("receipt kind"), "{error}");
+    }
+    for channel in ["", "dm:bob:alice", "g:"] {
+        assert_eq!(
+            decode_err(receipt(channel, 1, ReceiptKind::Read as i32)).code,
+            ErrorCode::BadRequest
+        );
+    }
+}
+
+#[test]
+fn typing_is_validated() {
+    let typing = |channel: &str| {
+        decode(Body::Typing(v1::Typing {
+            channel: channel.to_owned(),
+        }))
+    };
+    let command = typing("g:g1").unwrap();
+    assert_eq!(
+        command,
+        Command::Typing(Typing {
+            channel: Channel::Group("g1".into())
+        })
+    );
+    assert_eq!(command.name(), "typing");
+    assert!(!command.is_write());
+    assert_eq!(typing("").unwrap_err().code, ErrorCode::BadRequest);
+    assert_eq!(typing("dm:b:a").unwrap_err().code, ErrorCode::BadRequest);
+}
+
+#[test]
+fn change_friends_is_normalised() {
+    let command = decode(friends(&["bob", "amy", "bob"], &["zed", "zed"])).unwrap();
+    assert_eq!(
+        command,
+        Command::ChangeFriends(ChangeFriends {
+            add: strings(&["amy", "bob"]),
+            remove: strings(&["zed"]),
+        })
+    );
+    assert_eq!(command.name(), "change_friends");
+    assert!(command.is_write());
+    assert!(decode(friends(&[], &["zed"])).is_ok());
+    assert!(decode(friends(&["amy"], &[])).is_ok());
+}
+
+#[test]
+fn change_friends_rejections() {
+    let nothing = decode_err(friends(&[], &[]));
+    assert_eq!(nothing.code, ErrorCode::BadRequest);
+    assert!(nothing.message.contains("at least one"), "{nothing}");
+    let both = decode_err(friends(&["amy", "bob"], &["bob"]));
+    assert_eq!(both.code, ErrorCode::BadRequest);
+    assert!(both.message.contains("both added and removed"), "{both}");
+    for bad in ["", "b b", "a:b", &"u".repeat(65)] {
+        assert_eq!(decode_err(friends(&[bad], &[])).code, ErrorCode::BadRequest);
+        assert_eq!(decode_err(friends(&[], &[bad])).code, ErrorCode::BadRequest);
+    }
+    let service = decode_err(friends(&["svc:bot"], &[]));
+    assert_eq!(service.code, ErrorCode::BadRequest);
+    assert!(service.message.contains("service account"), "{service}");
+}
+
+#[test]
+fn change_friends_counts_add_and_remove_together() {
+    let limits = with_users(3);
+    let ok = decode_with(friends(&["a", "b"], &["c", "c"]), &limits);
+    assert!(ok.is_ok(), "{ok:?}");
+    let over = decode_with(friends(&["a", "b"], &["c", "d"]), &limits).unwrap_err();
+    assert_eq!(over.code, ErrorCode::LimitExceeded);
+    assert!(over.message.contains("4 users"), "{over}");
+
+    let users = many_users(1001);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    assert!(decode(friends(&refs[..1000], &[])).is_ok());
+    assert!(decode(friends(&refs[..500], &refs[500..1000])).is_ok());
+    assert_eq!(
+        decode_err(friends(&refs[..600], &refs[600..])).code,
+        ErrorCode::LimitExceeded
+    );
+}
+
+#[test]
+fn query_presence_is_validated() {
+    let command = decode(presence(&["carol", "bob", "carol"])).unwrap();
+    assert_eq!(
+        command,
+        Command::QueryPresence(QueryPresence {
+            users: strings(&["bob", "carol"]),
+        })
+    );
+    assert_eq!(command.name(), "query_presence");
+    assert!(!command.is_write());
+    let empty = decode_err(presence(&[]));
+    assert_eq!(empty.code, ErrorCode::BadRequest);
+    assert!(empty.message.contains("at least one"), "{empty}");
+    assert_eq!(decode_err(presence(&["a/b"])).code, ErrorCode::BadRequest);
+    assert_eq!(
+        decode_err(presence(&["svc:bot"])).code,
+        ErrorCode::BadRequest
+    );
+}
+
+#[test]
+fn query_presence_limit() {
+    let limits = with_users(2);
+    assert!(decode_with(presence(&["a", "b", "a"]), &limits).is_ok());
+    let over = decode_with(presence(&["a", "b", "c"]), &limits).unwrap_err();
+    assert_eq!(over.code, ErrorCode::LimitExceeded);
+    let users = many_users(1001);
+    let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    assert!(decode(presence(&refs[..1000])).is_ok());
+    assert_eq!(decode_err(presence(&refs)).code, ErrorCode::LimitExceeded);
+}
+
+#[test]
+fn register_push_registers_or_unregisters() {
+    let command = decode(push("com.example.app.ios", "tok-123")).unwrap();
+    assert_eq!(
+        command,
+        Command::RegisterPush(RegisterPush {
+            registration: Some(PushTarget {
+                platform: "com.example.app.ios".into(),
+                token: "tok-123".into(),
+            })
+        })
+    );
+    assert_eq!(command.name(), "register_push");
+    assert!(!command.is_write());
+    // An empty token unregisters; the platform is not looked at.
+    for platform in ["", "com.example.app.ios", "not valid at all\n"] {
+        assert_eq!(
+            decode(push(platform, "")),
+            Ok(Command::RegisterPush(RegisterPush { registration: None }))
+        );
+    }
+}
+
+#[test]
+fn push_platform_rules() {
+    let max = "p".repeat(64);
+    for ok in ["fcm", "com.example.app.ios", "a", "!~:/@#", max.as_str()] {
+        assert!(decode(push(ok, "t")).is_ok(), "{ok:?}");
+    }
+    let long = "p".repeat(65);
+    for bad in [
+        "",
+        "com example",
+        "tab\there",
+        "é",
+        "a\u{7f}",
+        "new\nline",
+        long.as_str(),
+    ] {
+        let error = decode_err(push(bad, "t"));
+        assert_eq!(error.code, ErrorCode::BadRequest, "{bad:?}");
+        assert!(error.message.contains("push platform"), "{error}");
+    }
+}
+
+#[test]
+fn push_token_rules() {
+    assert!(decode(push("fcm", &"t".repeat(4096))).is_ok());
+    assert!(decode(push("fcm", "with spaces and ünicode")).is_ok());
+    let long = decode_err(push("fcm", &"t".repeat(4097)));
+    assert_eq!(long.code, ErrorCode::TooLarge);
+    assert!(long.message.contains("4097"), "{long}");
+    for bad in ["a\nb", "\0", "a\u{7f}", "a\u{85}b", "\t"] {
+        let error = decode_err(push("fcm", bad));
+        assert_eq!(error.code, ErrorCode::BadRequest, "{bad:?}");
+        assert!(error.message.contains("control"), "{error}");
+    }
+}
+
+#[test]
+fn system_to_a_channel() {
+    let command = decode(system("g:g1", &[], "s-1", "maintenance at noon")).unwrap();
+    assert_eq!(
+        command,
+        Command::System(SystemMessage {
+            target: SystemTarget::Channel(Channel::Group("g1".into())),
+            client_msg_id: "s-1".into(),
+            text: "maintenance at noon".into(),
+        })
+    );
+    assert_eq!(command.name(), "system");
+    assert!(command.is_write());
+    for channel in ["dm:alice:bob", "sys:alice"] {
+        assert!(decode(system(channel, &[], "", "hi")).is_ok(), "{channel}");
+    }
+    assert_eq!(
+        decode_err(system("dm:bob:alice", &[], "", "hi")).code,
+        ErrorCode::BadRequest
+    );
+}
+
+#[test]
+fn system_to_users() {
+    let command = decode(system("", &["carol", "alice", "carol"], "", "welcome")).unwrap();
+    assert_eq!(
+        command,
+        Command::System(SystemMessage {
+            target: SystemTarget::Users(strings(&["alice", "carol"])),
+            client_msg_id: String::new(),
+            text: "welcome".into(),
+        })
+    );
+    assert_eq!(
+        decode_err(system("", &["al ice"], "", "hi")).code,
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        decode_err(system("", &["svc:bot"], "", "hi")).code,
+        ErrorCode::BadRequest
+    );
+    let limits = with_users(2);
+    assert!(decode_with(system("", &["a", "b", "b"], "", "hi"), &limits).is_ok());
+    assert_eq!(
+        decode_with(system("", &["a", "b", "c"], "", "hi"), &limits)
+            .unwrap_err()
+            .code,
+        ErrorCode::LimitExceeded
+    );
+}
+
+#[test]
+fn system_needs_exactly_one_target() {
+    let neither = decode_err(system("", &[], "", "hi"));
+    assert_eq!(neither.code, ErrorCode::BadRequest);
+    assert!(neither.message.contains("channel or users"), "{neither}");
+    let both = decode_err(system("g:g1", &["alice"], "", "hi"));
+    assert_eq!(both.code, ErrorCode::BadRequest);
+    assert!(both.message.contains("not both"), "{both}");
+}
+
+#[test]
+fn system_text_and_client_msg_id_follow_send() {
+    let empty = decode_err(system("g:g1", &[], "", ""));
+    assert_eq!(empty.code, ErrorCode::BadRequest);
+    assert!(empty.message.contains("empty"), "{empty}");
+    assert!(decode(system("g:g1", &[], "", &"😀".repeat(100_000))).is_ok());
+    assert_eq!(
+        decode_err(system("", &["alice"], "", &"😀".repeat(100_001))).code,
+        ErrorCode::TooLarge
+    );
+    assert!(decode(system("g:g1", &[], &"c".repeat(128), "hi")).is_ok());
+    let long_id = decode_err(system("g:g1", &[], &"c".repeat(129), "hi"));
+    assert_eq!(long_id.code, ErrorCode::TooLarge);
+    assert!(long_id.message.contains("client_msg_id"), "{long_id}");
+}
+
+#[test]
+fn no_body_lists_every_kind() {
+    let message = decode_request(&[], &Limits::default())
+        .command
+        .unwrap_err()
+        .message;
+    for kind in [
+        "send",
+        "sync",
+        "history",
+        "receipt",
+        "typing",
+        "create_group",
+        "change_members",
+        "leave_group",
+        "change_friends",
+        "query_presence",
+        "register_push",
+        "system",
+        "logout",
+    ] {
+        assert!(message.contains(kind), "{kind} missing from {message:?}");
+    }
 }
 
 #[test]
@@ -397,6 +732,22 @@ proptest! {
             prop_assert_eq!(send.channel.to_string(), channel);
             prop_assert!(!send.text.is_empty() && send.text.chars().count() <= 8);
             prop_assert!(send.client_msg_id.len() <= 30);
+        }
+    }
+
+    #[test]
+    fn accepted_friend_changes_are_sorted_disjoint_and_bounded(
+        add in prop::collection::vec("[a-d ]{0,2}", 0..6),
+        remove in prop::collection::vec("[a-d ]{0,2}", 0..6),
+    ) {
+        let add: Vec<&str> = add.iter().map(String::as_str).collect();
+        let remove: Vec<&str> = remove.iter().map(String::as_str).collect();
+        if let Ok(Command::ChangeFriends(change)) = decode_with(friends(&add, &remove), &with_users(4)) {
+            prop_assert!(change.add.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(change.remove.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(change.add.iter().all(|u| change.remove.binary_search(u).is_err()));
+            prop_assert!(!change.add.is_empty() || !change.remove.is_empty());
+            prop_assert!(change.add.len() + change.remove.len() <= 4);
         }
     }
 

@@ -33,7 +33,6 @@ fn send(channel: &str, text: &str) -> request::Body {
 }
 
 fn change(group_id: &str, add: &[&str], remove: &[&str]) -> request::Body {
-    let owned = |users: &[&str]| users.iter().map(|u| u.to_string()).collect();
     request::Body::ChangeMembers(v1::ChangeMembers {
         group_id: group_id.into(),
         add: owned(add),
@@ -44,6 +43,44 @@ fn change(group_id: &str, add: &[&str], remove: &[&str]) -> request::Body {
 fn leave(group_id: &str) -> request::Body {
     request::Body::LeaveGroup(v1::LeaveGroup {
         group_id: group_id.into(),
+    })
+}
+
+fn receipt(channel: &str, seq: u64, kind: v1::ReceiptKind) -> request::Body {
+    request::Body::Receipt(v1::MarkReceipt {
+        channel: channel.into(),
+        seq,
+        kind: kind as i32,
+    })
+}
+
+fn typing(channel: &str) -> request::Body {
+    request::Body::Typing(v1::Typing {
+        channel: channel.into(),
+    })
+}
+
+fn owned(users: &[&str]) -> Vec<String> {
+    users.iter().map(|u| u.to_string()).collect()
+}
+
+fn friends(add: &[&str], remove: &[&str]) -> request::Body {
+    request::Body::ChangeFriends(v1::ChangeFriends {
+        add: owned(add),
+        remove: owned(remove),
+    })
+}
+
+fn presence(users: &[&str]) -> request::Body {
+    request::Body::QueryPresence(v1::QueryPresence {
+        users: owned(users),
+    })
+}
+
+fn push(platform: &str, token: &str) -> request::Body {
+    request::Body::RegisterPush(v1::RegisterPush {
+        platform: platform.into(),
+        token: token.into(),
     })
 }
 
@@ -100,12 +137,25 @@ pub fn all(dm: &str) -> Vec<Case> {
         case(Alice, change("team", &["nobody"], &[]), NotFound, "add an unknown user"),
         case(Alice, change("nosuch", &["bob"], &[]), NotFound, "change an unknown group"),
         case(Alice, leave("nosuch"), NotFound, "leave an unknown group"),
-        // request kinds of later versions
-        case(Alice, request::Body::Receipt(v1::MarkReceipt { channel: dm.into(), seq: 1, kind: v1::ReceiptKind::Read as i32 }), BadRequest, "receipt (not supported yet)"),
-        case(Alice, request::Body::Typing(v1::Typing { channel: dm.into() }), BadRequest, "typing (not supported yet)"),
-        case(Alice, request::Body::ChangeFriends(v1::ChangeFriends { add: vec!["bob".into()], remove: vec![] }), BadRequest, "change_friends (not supported yet)"),
-        case(Alice, request::Body::QueryPresence(v1::QueryPresence { users: vec!["bob".into()] }), BadRequest, "query_presence (not supported yet)"),
-        case(Alice, request::Body::RegisterPush(v1::RegisterPush { platform: "fcm".into(), token: "t".into() }), BadRequest, "register_push (not supported yet)"),
+        // receipts, typing, friends, presence, push
+        case(Alice, receipt(dm, 99, v1::ReceiptKind::Read), NotFound, "receipt for a message that does not exist"),
+        case(Alice, receipt(dm, 0, v1::ReceiptKind::Read), BadRequest, "receipt for seq 0"),
+        case(Alice, receipt(dm, 1, v1::ReceiptKind::Unspecified), BadRequest, "receipt of no kind"),
+        case(Carol, receipt("g:team", 1, v1::ReceiptKind::Delivered), NotMember, "receipt in a group one is not in"),
+        case(Carol, receipt(dm, 1, v1::ReceiptKind::Read), NotMember, "receipt in another pair's dm"),
+        case(Carol, typing("g:team"), NotMember, "typing in a group one is not in"),
+        case(Alice, typing("sys:alice"), Forbidden, "typing in a system channel"),
+        case(Alice, typing("dm:alice:zed"), NotFound, "typing to an unknown user"),
+        case(Alice, friends(&["zed"], &[]), NotFound, "befriend an unknown user"),
+        case(Alice, friends(&["alice"], &[]), BadRequest, "befriend oneself"),
+        case(Alice, friends(&[], &[]), BadRequest, "change no friends"),
+        case(Alice, friends(&["bob"], &["bob"]), BadRequest, "add and remove the same friend"),
+        case(Alice, presence(&["carol"]), Forbidden, "presence of a stranger"),
+        case(Alice, presence(&["bob", "zed"]), Forbidden, "presence naming an unknown user"),
+        case(Alice, presence(&[]), BadRequest, "presence of nobody"),
+        case(Alice, push("bad platform", "t"), BadRequest, "push platform with a space"),
+        case(Alice, push("app", "a\u{7}b"), BadRequest, "push token with a control character"),
+        case(Alice, push("app", &"t".repeat(4097)), TooLarge, "push token too long"),
         case(Alice, request::Body::System(v1::SystemMessage { channel: dm.into(), client_msg_id: "s".into(), text: "sys".into(), users: vec![] }), Forbidden, "system from a user (services only)"),
     ]
 }

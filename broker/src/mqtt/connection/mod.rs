@@ -37,17 +37,18 @@ use crate::mqtt::admission::Connecting;
 mod subscriptions;
 
 use crate::accounts::tokens::TokenDigest;
-use crate::chat::{encode_reply, Then};
+use crate::chat::{encode_reply, Requester, Then, TypingLimit};
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::mqtt::codec::{self, Codec, FrameError, Level};
 use crate::mqtt::connect::{self, Accepted, Deny, Refusal};
 use crate::mqtt::limits::DeviceLimits;
 use crate::mqtt::outbox::{Outbox, Stream};
-use crate::mqtt::session::{self, SessionStart};
+use crate::mqtt::session::{SessionLease, SessionRequest, SessionStart};
 use crate::mqtt::transport::Transport;
 use crate::mqtt::Shared;
-use crate::router::{DeviceLink, Eviction, LiveBatch};
+use crate::presence::{Departure, DevicePresence};
+use crate::router::{DeviceLink, Eviction, LiveBatch, PresenceUpdate};
 
 /// How long a write may block before the device is considered gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -144,6 +145,7 @@ struct Done {
 
 type RequestFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
 type Fetched = Result<Vec<(u64, Bytes)>, StorageError>;
+type Retained = Result<Vec<PresenceUpdate>, StorageError>;
 
 struct Connection {
     io: Transport,
@@ -156,16 +158,24 @@ struct Connection {
     reply_topic: String,
     shared: Arc<Shared>,
     link: DeviceLink,
+    /// This device's online state: every packet is reported to it.
+    presence: DevicePresence,
     outbox: Outbox,
     subscriptions: Vec<(String, u8)>,
     durable: Option<u32>,
+    /// This connection's claim on its device's session record: every
+    /// session write goes through it (refused once a successor took over).
+    session: Arc<SessionLease>,
     /// The token this connection authenticated with (a Logout revokes it).
     token: Option<TokenDigest>,
     limits: DeviceLimits,
+    typing: TypingLimit,
     /// Set once a Logout was answered: the loop ends after the next flush.
     logged_out: bool,
     requests: FuturesOrdered<RequestFuture>,
     fetch: Option<JoinHandle<Fetched>>,
+    /// The retained presence being read for a new presence subscription.
+    retained: Option<JoinHandle<Retained>>,
     keep_alive: Option<Duration>,
     /// When the device last sent a packet (keep-alive).
     last_seen: Instant,
@@ -209,8 +219,9 @@ impl Connection {
             let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
         }
         let request = connect::session_request(&packet);
-        let start = match open_session(&shared, &client.user, &client.device, request).await {
-            Ok(start) => start,
+        let opened = open_session(&shared, &client.user, &client.device, link.conn_id, request);
+        let (start, session) = match opened.await {
+            Ok(opened) => opened,
             Err(error) => {
                 tracing::error!(%error, "cannot open the session");
                 let refusal =
@@ -245,6 +256,7 @@ impl Connection {
             "connected"
         );
         let limits = DeviceLimits::new(&shared.config);
+        let presence = shared.presence.connect(&client.user, &client.device);
         let mut connection = Connection {
             io,
             codec: packet.codec,
@@ -256,14 +268,18 @@ impl Connection {
             device: client.device,
             shared,
             link,
+            presence,
             outbox,
             subscriptions: start.subscriptions,
             durable: start.durable,
+            session: Arc::new(session),
             token,
             limits,
+            typing: TypingLimit::default(),
             logged_out: false,
             requests: FuturesOrdered::new(),
             fetch: None,
+            retained: None,
             keep_alive,
             last_seen: Instant::now(),
             cursor_timer: Box::pin(tokio::time::sleep(CURSOR_FLUSH)),
@@ -272,6 +288,9 @@ impl Connection {
             persisted_cursor: start.cursor,
         };
         connection.apply_subscriptions();
+        // A resumed session's presence subscriptions get the current state,
+        // as if they were made again: changes while away were not queued.
+        connection.read_retained_presence_if_subscribed();
         connection.touch();
         Some(connection)
     }
@@ -330,6 +349,10 @@ impl Connection {
                         return close;
                     }
                 }
+                retained = wait_for(self.retained.as_mut()) => {
+                    self.retained = None;
+                    self.on_retained_presence(retained);
+                }
                 _ = keep_alive_timer.as_mut(), if self.keep_alive.is_some() => {
                     let due = self.keep_alive_due();
                     if Instant::now() >= due {
@@ -370,6 +393,9 @@ impl Connection {
         }
         for envelope in live.envelopes {
             self.outbox.push_live(envelope);
+        }
+        for update in live.presence {
+            self.outbox.push_presence(update);
         }
     }
 
@@ -461,7 +487,12 @@ impl Connection {
                     self.requests.push_back(Box::pin(std::future::ready(done)));
                     return;
                 }
-                let handled = self.shared.chat.handle(&self.user, &publish.payload).await;
+                let requester = Requester {
+                    user: &self.user,
+                    device: &self.device,
+                    typing: &mut self.typing,
+                };
+                let handled = self.shared.chat.handle(requester, &publish.payload).await;
                 let (reply, then) = (handled.reply, handled.then);
                 // A Logout revokes the token before it is answered, so no
                 // new connection can use it once the device sees the reply.
@@ -538,9 +569,7 @@ impl Connection {
 
     fn session_snapshot(&self, expiry_secs: u32, disconnected_ms: i64) -> SessionSnapshot {
         SessionSnapshot {
-            store: self.shared.store.clone(),
-            user: self.user.clone(),
-            device: self.device.clone(),
+            session: self.session.clone(),
             subscriptions: self.subscriptions.clone(),
             acked: self.outbox.acked_upto(),
             expiry_secs,
@@ -551,16 +580,21 @@ impl Connection {
     fn pump(&mut self) {
         let pumped = self.outbox.pump();
         for outgoing in pumped.publishes {
-            let topic = match outgoing.stream {
+            let presence_topic;
+            let topic = match &outgoing.stream {
                 Stream::Reply => &self.reply_topic,
                 Stream::Inbox => &self.inbox_topic,
+                Stream::Presence(subject) => {
+                    presence_topic = topics::presence(subject, &self.user);
+                    &presence_topic
+                }
             };
             let publish = codec::outgoing_publish(
                 topic,
                 outgoing.payload,
                 outgoing.qos,
                 outgoing.pkid,
-                false,
+                outgoing.retain,
             );
             self.write(Packet::Publish(publish, None));
             m::messages_out(1);
@@ -622,8 +656,39 @@ impl Connection {
         }
     }
 
+    /// A packet arrived: keep-alive and presence both count it.
     fn touch(&mut self) {
         self.last_seen = Instant::now();
+        self.presence.seen();
+    }
+
+    /// Reads the retained presence of the device's user (its friends'
+    /// states) for a presence subscription just made or resumed.
+    fn read_retained_presence(&mut self) {
+        self.outbox.begin_presence_snapshot();
+        let presence = self.shared.presence.clone();
+        let user = self.user.clone();
+        self.retained = Some(tokio::task::spawn_blocking(move || {
+            presence.retained_for(&user)
+        }));
+    }
+
+    fn read_retained_presence_if_subscribed(&mut self) {
+        if self
+            .subscriptions
+            .iter()
+            .any(|(filter, _)| is_presence_filter(filter))
+        {
+            self.read_retained_presence();
+        }
+    }
+
+    fn on_retained_presence(&mut self, retained: Result<Retained, tokio::task::JoinError>) {
+        match retained {
+            Ok(Ok(updates)) => self.outbox.on_presence_snapshot(updates),
+            Ok(Err(error)) => tracing::error!(%error, "cannot read the retained presence"),
+            Err(error) => tracing::error!(%error, "retained presence task failed"),
+        }
     }
 
     fn schedule_cursor_flush(&mut self) {
@@ -653,10 +718,9 @@ impl Connection {
             return;
         }
         self.persisted_cursor = acked;
-        let store = self.shared.store.clone();
-        let (user, device) = (self.user.clone(), self.device.clone());
+        let session = self.session.clone();
         self.cursor_write = Some(tokio::task::spawn_blocking(move || {
-            if let Err(error) = store.set_session_cursor(&user, &device, acked) {
+            if let Err(error) = session.set_cursor(acked) {
                 tracing::warn!(%error, "cannot save the session cursor");
             }
         }));
@@ -693,6 +757,7 @@ impl Connection {
         if let Some(write) = self.cursor_write.take() {
             let _ = write.await;
         }
+        self.presence.leave(departure(&close));
         // Save before leaving the router: a successor waits for this link
         // to be dropped (with `self`, after this function) before it reads
         // the session.
@@ -710,11 +775,9 @@ impl Connection {
     /// dropped (the token was revoked before the Logout was answered, or by
     /// `POST /v1/logout`).
     async fn sign_out(&mut self) {
-        let store = self.shared.store.clone();
-        let (user, device) = (self.user.clone(), self.device.clone());
-        let deleted =
-            tokio::task::spawn_blocking(move || store.delete_session(&user, &device)).await;
-        if !matches!(deleted, Ok(Ok(()))) {
+        let session = self.session.clone();
+        let deleted = tokio::task::spawn_blocking(move || session.delete()).await;
+        if !matches!(deleted, Ok(Ok(_))) {
             tracing::error!("cannot drop the session at logout");
         }
     }
@@ -722,9 +785,7 @@ impl Connection {
 
 /// A durable session's state, taken off the connection to be saved.
 struct SessionSnapshot {
-    store: parley_storage::Store,
-    user: String,
-    device: String,
+    session: Arc<SessionLease>,
     subscriptions: Vec<(String, u8)>,
     acked: u64,
     expiry_secs: u32,
@@ -732,12 +793,10 @@ struct SessionSnapshot {
 }
 
 impl SessionSnapshot {
+    /// Saves it, unless a newer connection owns the record by now.
     async fn save(self) -> Result<(), String> {
         tokio::task::spawn_blocking(move || {
-            session::save(
-                &self.store,
-                &self.user,
-                &self.device,
+            self.session.save(
                 self.subscriptions,
                 self.acked,
                 self.expiry_secs,
@@ -746,7 +805,24 @@ impl SessionSnapshot {
         })
         .await
         .map_err(|error| error.to_string())?
+        .map(|_| ())
         .map_err(|error| error.to_string())
+    }
+}
+
+/// Whether a subscription filter is one of the presence topics (the ACL
+/// admits only `presence/{subject or +}/{own user}`).
+pub(super) fn is_presence_filter(filter: &str) -> bool {
+    filter.starts_with("presence/")
+}
+
+/// How the device left, for presence: at once when it said so (DISCONNECT,
+/// Logout) or was told to go for its credentials; after the grace period
+/// when the connection just ended.
+fn departure(close: &Close) -> Departure {
+    match close {
+        Close::Disconnect | Close::LoggedOut | Close::Revoked => Departure::Graceful,
+        _ => Departure::Dropped,
     }
 }
 
@@ -770,11 +846,12 @@ async fn open_session(
     shared: &Shared,
     user: &str,
     device: &str,
-    request: session::SessionRequest,
-) -> Result<SessionStart, String> {
-    let store = shared.store.clone();
+    conn_id: u64,
+    request: SessionRequest,
+) -> Result<(SessionStart, SessionLease), String> {
+    let sessions = shared.sessions.clone();
     let (user, device) = (user.to_owned(), device.to_owned());
-    tokio::task::spawn_blocking(move || session::open(&store, &user, &device, request, now_ms()))
+    tokio::task::spawn_blocking(move || sessions.open(&user, &device, conn_id, request, now_ms()))
         .await
         .map_err(|error| error.to_string())?
         .map_err(|error| error.to_string())

@@ -16,6 +16,7 @@ impl Connection {
         let rate_limited = self.limits.take_request().is_err();
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut changed = false;
+        let mut presence_added = false;
         for filter in subscribe.filters {
             let check = match rate_limited {
                 true => SubscriptionCheck::RateLimited,
@@ -39,6 +40,8 @@ impl Connection {
                 QoS::AtLeastOnce
             };
             let entry = (filter.path, qos as u8);
+            // MQTT sends retained messages on every SUBSCRIBE, new or repeated
+            presence_added |= super::is_presence_filter(&entry.0);
             if !self.subscriptions.contains(&entry) {
                 self.subscriptions.retain(|(path, _)| *path != entry.0);
                 self.subscriptions.push(entry);
@@ -49,6 +52,9 @@ impl Connection {
         if changed {
             self.apply_subscriptions();
             self.persist_subscriptions().await;
+        }
+        if presence_added {
+            self.read_retained_presence();
         }
         self.write(Packet::SubAck(
             SubAck {
@@ -94,17 +100,18 @@ impl Connection {
                 .filter(|(filter, _)| acl::filter_matches(filter, topic))
                 .map(|(_, qos)| *qos)
                 .max()
-                .map(|qos| {
-                    if qos == 0 {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    }
-                })
+                .map(qos_of)
         };
         let inbox = qos_for(&self.inbox_topic);
         let reply = qos_for(&self.reply_topic);
         self.outbox.set_subscriptions(inbox, reply);
+        let presence = self
+            .subscriptions
+            .iter()
+            .filter(|(filter, _)| super::is_presence_filter(filter))
+            .map(|(filter, qos)| (filter.clone(), qos_of(*qos)))
+            .collect();
+        self.outbox.set_presence_filters(&self.user, presence);
     }
 
     async fn persist_subscriptions(&mut self) {
@@ -114,5 +121,13 @@ impl Connection {
         if let Err(error) = self.session_snapshot(expiry, 0).save().await {
             tracing::error!(%error, "cannot save the session's subscriptions");
         }
+    }
+}
+
+/// The QoS a subscription was granted, as stored in the session (0 or 1).
+fn qos_of(stored: u8) -> QoS {
+    match stored {
+        0 => QoS::AtMostOnce,
+        _ => QoS::AtLeastOnce,
     }
 }

@@ -1,0 +1,317 @@
+//! Presence: who is online, and telling their friends.
+//!
+//! Owns: the online state of every device and user ([`tracker`], in
+//! memory), each user's `last_active_ms` in the store (written when their
+//! state changes, and for everyone online at shutdown), and the retained
+//! `presence/{subject}/{observer}` topics. Those are not stored as messages:
+//! a pair topic's retained value is, by definition, the subject's current
+//! state while the two are friends, so it is computed from the friendships
+//! and last-activity records on subscribe ([`Presence::retained_for`]) and
+//! pushed live to every subscribed device of each friend on every change.
+//! After a restart nobody is online, so every retained value reads offline
+//! with the stored `last_active_ms`, as the contract says.
+//!
+//! Must not: decide friendships (the chat engine commits those and calls
+//! [`Presence::friendship_changed`]) or know about sockets: connections
+//! report packets through their [`DevicePresence`].
+
+mod tracker;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parley_proto::v1;
+use parley_proto::v1::FriendState;
+use parley_storage::{StorageError, Store};
+use prost::Message;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use tracker::Tracker;
+pub use tracker::{Departure, DeviceClock, Transition};
+
+use crate::clock::now_ms;
+use crate::metrics as m;
+use crate::router::{PresenceUpdate, Router};
+
+/// What the publisher tells friends, in the order it happened.
+enum Change {
+    User(Transition),
+    Friendship { a: String, b: String, friends: bool },
+}
+
+/// The presence service; see the module docs.
+pub struct Presence {
+    tracker: Mutex<Tracker>,
+    store: Store,
+    router: Arc<Router>,
+    changes: mpsc::UnboundedSender<Change>,
+}
+
+impl Presence {
+    /// Starts the service and its two tasks on `tasks`: the sweeper, which
+    /// takes silent devices offline within a fraction of the timeout after
+    /// their deadline, and the publisher, which writes last activity and
+    /// tells friends, one change at a time, in order. Both end at
+    /// `shutdown`, the publisher after saving who was online.
+    pub fn start(
+        store: Store,
+        router: Arc<Router>,
+        timeout: Duration,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Arc<Presence> {
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let (changes, queue) = mpsc::unbounded_channel();
+        let presence = Arc::new(Presence {
+            tracker: Mutex::new(Tracker::new(timeout_ms)),
+            store,
+            router,
+            changes,
+        });
+        tasks.spawn(publish(presence.clone(), queue, shutdown.clone()));
+        let every = sweep_interval(timeout);
+        tasks.spawn(sweep(presence.clone(), every, shutdown.clone()));
+        presence
+    }
+
+    /// A device connected: it is online now.
+    pub fn connect(self: &Arc<Self>, user: &str, device: &str) -> DevicePresence {
+        let (clock, generation, transition) = self.tracker().connect(user, device, now_ms());
+        self.tell(transition);
+        DevicePresence {
+            presence: self.clone(),
+            user: user.to_owned(),
+            device: device.to_owned(),
+            generation,
+            clock,
+            left: false,
+        }
+    }
+
+    /// Whether `user` has an online device.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.tracker().is_online(user)
+    }
+
+    /// Two users became friends (`friends`) or stopped being friends: both
+    /// pair topics get each one's current state, or are cleared.
+    pub fn friendship_changed(&self, a: &str, b: &str, friends: bool) {
+        let change = Change::Friendship {
+            a: a.to_owned(),
+            b: b.to_owned(),
+            friends,
+        };
+        let _ = self.changes.send(change);
+    }
+
+    /// The retained presence topics of `observer`: each friend's current
+    /// state (blocking: reads the store).
+    pub fn retained_for(&self, observer: &str) -> Result<Vec<PresenceUpdate>, StorageError> {
+        let friends = self.friends_of(observer)?;
+        Ok(self
+            .states(&friends)?
+            .into_iter()
+            .map(|state| PresenceUpdate {
+                subject: state.user.clone(),
+                payload: Bytes::from(state.encode_to_vec()),
+            })
+            .collect())
+    }
+
+    /// The current state of each of `users` (blocking: reads the store for
+    /// those not seen since start).
+    pub fn states(&self, users: &[String]) -> Result<Vec<v1::Presence>, StorageError> {
+        let known: Vec<Option<(bool, i64)>> = {
+            let tracker = self.tracker();
+            users.iter().map(|user| tracker.state(user)).collect()
+        };
+        let unknown: Vec<&str> = users
+            .iter()
+            .zip(&known)
+            .filter(|(_, state)| state.is_none())
+            .map(|(user, _)| user.as_str())
+            .collect();
+        let mut stored = self.store.last_active_many(&unknown)?.into_iter();
+        Ok(users
+            .iter()
+            .zip(known)
+            .map(|(user, state)| {
+                let (online, last_active_ms) =
+                    state.unwrap_or_else(|| (false, stored.next().flatten().unwrap_or(0)));
+                v1::Presence {
+                    user: user.clone(),
+                    online,
+                    last_active_ms,
+                }
+            })
+            .collect())
+    }
+
+    /// Writes the last activity of everyone online (at shutdown, blocking).
+    pub fn persist_online(&self) {
+        let online = self.tracker().online_users();
+        for (user, last_active_ms) in online {
+            if let Err(error) = self.store.set_last_active(&user, last_active_ms) {
+                tracing::warn!(%error, %user, "cannot save the last activity");
+            }
+        }
+    }
+
+    fn friends_of(&self, user: &str) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .store
+            .friends_of(user)?
+            .into_iter()
+            .filter(|(_, state)| *state == FriendState::Friends)
+            .map(|(friend, _)| friend)
+            .collect())
+    }
+
+    fn tell(&self, transition: Option<Transition>) {
+        if let Some(transition) = transition {
+            m::presence_changed(transition.online);
+            let _ = self.changes.send(Change::User(transition));
+        }
+    }
+
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells `user`'s friends their new state (blocking).
+    fn publish_transition(&self, transition: &Transition) -> Result<(), StorageError> {
+        self.store
+            .set_last_active(&transition.user, transition.last_active_ms)?;
+        let state = v1::Presence {
+            user: transition.user.clone(),
+            online: transition.online,
+            last_active_ms: transition.last_active_ms,
+        };
+        let payload = Bytes::from(state.encode_to_vec());
+        for friend in self.friends_of(&transition.user)? {
+            let update = PresenceUpdate {
+                subject: transition.user.clone(),
+                payload: payload.clone(),
+            };
+            self.router.deliver_presence(&friend, update);
+        }
+        Ok(())
+    }
+
+    /// Publishes (or clears) both pair topics of `a` and `b` (blocking).
+    fn publish_friendship(&self, a: &str, b: &str, friends: bool) -> Result<(), StorageError> {
+        let pair = [a.to_owned(), b.to_owned()];
+        let payloads: Vec<Bytes> = match friends {
+            true => self
+                .states(&pair)?
+                .iter()
+                .map(|state| Bytes::from(state.encode_to_vec()))
+                .collect(),
+            false => vec![Bytes::new(), Bytes::new()],
+        };
+        for (subject, (observer, payload)) in pair.iter().zip(pair.iter().rev().zip(payloads)) {
+            let update = PresenceUpdate {
+                subject: subject.clone(),
+                payload,
+            };
+            self.router.deliver_presence(observer, update);
+        }
+        Ok(())
+    }
+}
+
+/// One connection's presence: report every packet with [`seen`](Self::seen)
+/// and how it ended with [`leave`](Self::leave) (a drop counts as
+/// [`Departure::Dropped`]).
+pub struct DevicePresence {
+    presence: Arc<Presence>,
+    user: String,
+    device: String,
+    generation: u64,
+    clock: Arc<DeviceClock>,
+    left: bool,
+}
+
+impl DevicePresence {
+    /// A packet arrived from the device.
+    pub fn seen(&self) {
+        let now = now_ms();
+        if self.clock.seen(now) {
+            let transition =
+                self.presence
+                    .tracker()
+                    .revive(&self.user, &self.device, self.generation, now);
+            self.presence.tell(transition);
+        }
+    }
+
+    /// The connection ended.
+    pub fn leave(&mut self, how: Departure) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        let transition =
+            self.presence
+                .tracker()
+                .leave(&self.user, &self.device, self.generation, how);
+        self.presence.tell(transition);
+    }
+}
+
+impl Drop for DevicePresence {
+    fn drop(&mut self) {
+        self.leave(Departure::Dropped);
+    }
+}
+
+/// How often the sweeper looks for devices past their deadline: often
+/// enough that one goes offline well within a second of it.
+fn sweep_interval(timeout: Duration) -> Duration {
+    (timeout / 10).clamp(Duration::from_millis(20), Duration::from_millis(250))
+}
+
+async fn sweep(presence: Arc<Presence>, every: Duration, shutdown: CancellationToken) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let transitions = presence.tracker().sweep(now_ms());
+        for transition in transitions {
+            presence.tell(Some(transition));
+        }
+    }
+}
+
+async fn publish(
+    presence: Arc<Presence>,
+    mut queue: mpsc::UnboundedReceiver<Change>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            change = queue.recv() => match change {
+                Some(change) => change,
+                None => break,
+            },
+        };
+        let presence = presence.clone();
+        let published = tokio::task::spawn_blocking(move || match change {
+            Change::User(transition) => presence.publish_transition(&transition),
+            Change::Friendship { a, b, friends } => presence.publish_friendship(&a, &b, friends),
+        })
+        .await;
+        match published {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "cannot publish a presence change"),
+            Err(error) => tracing::error!(%error, "presence publisher task failed"),
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || presence.persist_online()).await;
+}
