@@ -112,9 +112,12 @@ pub async fn logout(
         .evict(&user, Devices::Only(&device), Eviction::LoggedOut);
     if finished.is_empty() {
         let sessions = state.shared.sessions.clone();
-        let (user, device) = (user.clone(), device.clone());
-        blocking(move || Ok(sessions.delete(&user, &device)?)).await?;
+        let (owner, owned_device) = (user.clone(), device.clone());
+        blocking(move || Ok(sessions.delete(&owner, &owned_device)?)).await?;
+        // not connected, maybe within its grace period: offline now
+        state.shared.presence.sign_out(&user, &device);
     }
+    state.shared.chat.push.unregister(&user, &device).await?;
     for connection in finished {
         let _ = tokio::time::timeout(LOGOUT_WAIT, connection.cancelled()).await;
     }

@@ -11,13 +11,17 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+use parley_chat_logic::ChatError;
+use parley_proto::v1::ErrorCode;
+
 use crate::error::BrokerError;
 
 /// An error answered as JSON `{"error": {"code": CODE, "message": MESSAGE}}`.
 ///
 /// Codes: `BAD_REQUEST` (400), `UNAUTHORIZED` (401), `FORBIDDEN` (403),
 /// `NOT_FOUND` (404), `CONFLICT` (409), `TOO_LARGE` (413), `RATE_LIMITED`
-/// (429), `INTERNAL` (500), `UNAVAILABLE` (503).
+/// (429), `INTERNAL` (500), `UNAVAILABLE` (503); and a chat rule's refusal
+/// keeps the chat `ErrorCode` name (`NOT_MEMBER` 403, `LIMIT_EXCEEDED` 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -56,6 +60,19 @@ impl ApiError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+
+    /// A chat rule's refusal, with the chat error's own code.
+    pub fn from_chat(error: ChatError) -> Self {
+        let status = match error.code {
+            ErrorCode::BadRequest | ErrorCode::LimitExceeded => StatusCode::BAD_REQUEST,
+            ErrorCode::NotMember | ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Internal | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error.code.as_str_name(), error.message)
     }
 }
 

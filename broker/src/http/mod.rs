@@ -2,7 +2,8 @@
 //!
 //! Routes: `POST /v1/register`, `POST /v1/login` (a session token and the
 //! MQTT endpoints, [`discovery`]), `POST /v1/logout`, `POST /v1/password`
-//! ([`accounts`]), `GET /v1/health`, `GET /metrics`.
+//! ([`accounts`]), `POST /v1/system-messages` ([`system`]), `GET
+//! /v1/health`, `GET /metrics`.
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` ([`ApiError`]) with
 //! a stable code; unknown routes are 404 `NOT_FOUND`, bodies over
@@ -14,6 +15,7 @@
 pub mod accounts;
 pub mod discovery;
 pub mod error;
+pub mod system;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -82,6 +84,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/login", post(accounts::login))
         .route("/v1/logout", post(accounts::logout))
         .route("/v1/password", post(accounts::change_password))
+        .route("/v1/system-messages", post(system::send))
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)

@@ -91,6 +91,13 @@ impl Presence {
         }
     }
 
+    /// `user`'s `device` signed out while not connected: offline at once,
+    /// even within its grace period.
+    pub fn sign_out(&self, user: &str, device: &str) {
+        let transition = self.tracker().sign_out(user, device);
+        self.tell(transition);
+    }
+
     /// Whether `user` has an online device.
     pub fn is_online(&self, user: &str) -> bool {
         self.tracker().is_online(user)

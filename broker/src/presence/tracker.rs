@@ -161,6 +161,19 @@ impl Tracker {
         }
     }
 
+    /// A device signed out without a connection (a logout over HTTP):
+    /// whatever connection it had is over, offline at once.
+    pub fn sign_out(&mut self, user: &str, device: &str) -> Option<Transition> {
+        let state = self.users.get(user)?;
+        let entry = state.devices.get(device)?;
+        if entry.connected {
+            return None; // its connection leaves by itself, at once
+        }
+        entry.clock.online.store(false, Ordering::Release);
+        self.remove_device(user, device);
+        self.went_quiet(user)
+    }
+
     /// Takes every device whose deadline has passed offline; returns the
     /// users who went offline.
     pub fn sweep(&mut self, now_ms: i64) -> Vec<Transition> {
@@ -359,6 +372,18 @@ mod tests {
         );
         assert_eq!(tracker.sweep(1_500), vec![went("alice", false, 500)]);
         assert_eq!(tracker.state("alice"), None);
+    }
+
+    #[test]
+    fn signing_out_ends_the_grace_period() {
+        let mut tracker = Tracker::new(TIMEOUT);
+        let (_, phone, _) = tracker.connect("alice", "phone", 0);
+        tracker.leave("alice", "phone", phone, Departure::Dropped);
+        assert_eq!(
+            tracker.sign_out("alice", "phone"),
+            Some(went("alice", false, 0))
+        );
+        assert_eq!(tracker.sign_out("alice", "phone"), None);
     }
 
     #[test]
