@@ -101,7 +101,7 @@ struct ServeArgs {
     /// Seconds of silence before a device is offline (key `presence_timeout_secs`).
     #[arg(long, value_name = "SECS")]
     presence_timeout: Option<String>,
-    /// Push gateway URL (key `push_gateway`; not used yet).
+    /// Matrix push gateway notify URL, e.g. http://gw:5000/_matrix/push/v1/notify (key `push_gateway`).
     #[arg(long, value_name = "URL")]
     push_gateway: Option<String>,
 }

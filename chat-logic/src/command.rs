@@ -357,14 +357,7 @@ fn create_group(create: v1::CreateGroup, limits: &Limits) -> Result<CreateGroup,
 
 fn change_members(change: v1::ChangeMembers) -> Result<ChangeMembers, ChatError> {
     ids::validate_id(IdKind::Group, &change.group_id)?;
-    let add = user_set(change.add)?;
-    let remove = user_set(change.remove)?;
-    if add.is_empty() && remove.is_empty() {
-        return Err(ChatError::bad_request(
-            "change_members needs at least one user to add or remove",
-        ));
-    }
-    check_disjoint(&add, &remove)?;
+    let (add, remove) = additions_and_removals("change_members", change.add, change.remove)?;
     Ok(ChangeMembers {
         group_id: change.group_id,
         add,
@@ -372,14 +365,25 @@ fn change_members(change: v1::ChangeMembers) -> Result<ChangeMembers, ChatError>
     })
 }
 
-/// `BAD_REQUEST` when a user is in both sorted lists.
-fn check_disjoint(add: &[String], remove: &[String]) -> Result<(), ChatError> {
-    match add.iter().find(|user| remove.binary_search(user).is_ok()) {
-        Some(both) => Err(ChatError::bad_request(format!(
-            "user {both} is both added and removed"
-        ))),
-        None => Ok(()),
+/// Users to add and to remove, each sorted and unique: `BAD_REQUEST` when
+/// both are empty or a user is in both.
+fn additions_and_removals(
+    kind: &str,
+    add: Vec<String>,
+    remove: Vec<String>,
+) -> Result<(Vec<String>, Vec<String>), ChatError> {
+    let (add, remove) = (user_set(add)?, user_set(remove)?);
+    if add.is_empty() && remove.is_empty() {
+        return Err(ChatError::bad_request(format!(
+            "{kind} needs at least one user to add or remove"
+        )));
     }
+    if let Some(both) = add.iter().find(|user| remove.binary_search(user).is_ok()) {
+        return Err(ChatError::bad_request(format!(
+            "user {both} is both added and removed"
+        )));
+    }
+    Ok((add, remove))
 }
 
 fn leave_group(leave: v1::LeaveGroup) -> Result<LeaveGroup, ChatError> {
@@ -413,14 +417,7 @@ fn mark_receipt(receipt: v1::MarkReceipt) -> Result<MarkReceipt, ChatError> {
 }
 
 fn change_friends(change: v1::ChangeFriends, limits: &Limits) -> Result<ChangeFriends, ChatError> {
-    let add = user_set(change.add)?;
-    let remove = user_set(change.remove)?;
-    if add.is_empty() && remove.is_empty() {
-        return Err(ChatError::bad_request(
-            "change_friends needs at least one user to add or remove",
-        ));
-    }
-    check_disjoint(&add, &remove)?;
+    let (add, remove) = additions_and_removals("change_friends", change.add, change.remove)?;
     check_user_count("change_friends", add.len() + remove.len(), limits)?;
     Ok(ChangeFriends { add, remove })
 }

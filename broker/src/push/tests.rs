@@ -426,7 +426,7 @@ async fn unreadable_answers_count_as_sent() {
 
 #[tokio::test]
 async fn at_most_eight_notifications_are_in_flight() {
-    let gateway = FakeGateway::start(vec![Reply::Slow(Duration::from_millis(150)); 30]).await;
+    let gateway = FakeGateway::start(vec![Reply::Slow(Duration::from_millis(300)); 30]).await;
     let (_dir, store) = temp_store();
     let push = Push::start_with(store.clone(), config(&gateway), FAST).unwrap();
     push.register("bob", "phone", "app", "key").await.unwrap();

@@ -178,8 +178,8 @@ impl BatchPlan<'_> {
         let Self { services, .. } = *self;
         for user in recipients {
             if *user == message.sender
-                || services.presence.is_online(user)
                 || !services.push.has_registrations(user)
+                || services.presence.is_online(user)
             {
                 continue;
             }
