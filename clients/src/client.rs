@@ -1,5 +1,6 @@
 //! [`Client`]: one device's MQTT connection to the broker, with requests
-//! answered by replies and the user's inbox as a stream of envelopes.
+//! answered by replies, the user's inbox as a stream of envelopes and, once
+//! subscribed, friends' presence as a stream of [`PresenceUpdate`]s.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -7,17 +8,19 @@ use std::time::Duration;
 
 use parley_proto::topics;
 use parley_proto::v1::{
-    self, reply, request, Ack, Envelope, ErrorCode, HistoryPage, Reply, Request, SyncPage,
+    self, reply, request, Ack, Envelope, ErrorCode, HistoryPage, Presence, ReceiptKind, Reply,
+    Request, SyncPage,
 };
 use prost::Message;
 use rumqttc::{AsyncClient, NetworkOptions, QoS, SubscribeFilter, SubscribeReasonCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::driver::{self, Driver, Pending};
+use crate::driver::{self, Driver, Pending, SubAcks};
 use crate::error::ClientError;
 use crate::ids::IdGen;
 use crate::options::ClientOptions;
+use crate::presence::{PresenceQueue, PresenceUpdate};
 
 /// How long [`Client::disconnect`] waits for the DISCONNECT to be written.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
@@ -39,9 +42,16 @@ struct Inner {
     device: String,
     request_topic: String,
     heartbeat_topic: String,
+    /// `presence/+/{user}`: every friend's presence topic for this user.
+    presence_filter: String,
     pending: Pending,
+    subacks: SubAcks,
+    /// Held from queueing a SUBSCRIBE to queueing it in rumqttc, so SUBACKs
+    /// meet their waiters in order.
+    subscribing: tokio::sync::Mutex<()>,
     ids: IdGen,
     inbox_rx: tokio::sync::Mutex<mpsc::Receiver<Envelope>>,
+    presence: Arc<PresenceQueue>,
     request_timeout: Duration,
     session_present: bool,
     connected: Arc<AtomicBool>,
@@ -62,7 +72,8 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     /// Connects, waits for the CONNACK, subscribes `inbox/{user}` and
-    /// `reply/{user}/{device}` at QoS 1 and waits for the SUBACK.
+    /// `reply/{user}/{device}` (and `presence/+/{user}` with
+    /// [`ClientOptions::presence`]) at QoS 1 and waits for the SUBACK.
     ///
     /// Errors: [`ClientError::Refused`] with the CONNACK code,
     /// [`ClientError::SubscribeRefused`], [`ClientError::Timeout`] after
@@ -71,6 +82,7 @@ impl Client {
         opts.validate()?;
         let inbox_topic = topics::inbox(&opts.user);
         let reply_topic = topics::reply(&opts.user, &opts.device);
+        let presence_filter = topics::presence("+", &opts.user);
         let channel_capacity = usize::from(opts.inflight).clamp(16, 1024);
         let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options()?, channel_capacity);
         let mut network = NetworkOptions::new();
@@ -84,15 +96,20 @@ impl Client {
         let (shutdown_tx, shutdown_rx) = oneshot::channel();
         let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
         let pending = Pending::default();
+        let subacks = SubAcks::default();
+        driver::lock_any(&subacks).push_back(suback_tx);
+        let presence = Arc::new(PresenceQueue::new(opts.presence_capacity));
         let connected = Arc::new(AtomicBool::new(false));
         let driver = Driver {
             eventloop,
+            user: opts.user.clone(),
             reply_topic: reply_topic.clone(),
             inbox_topic: inbox_topic.clone(),
             pending: pending.clone(),
             inbox_tx,
+            presence: presence.clone(),
             connack_tx: Some(connack_tx),
-            suback_tx: Some(suback_tx),
+            subacks: subacks.clone(),
             shutdown_rx,
             connected: connected.clone(),
         };
@@ -100,22 +117,31 @@ impl Client {
         let handle = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
 
         let session_present = wait("CONNACK", opts.connect_timeout, connack_rx).await??;
-        let filters = [&inbox_topic, &reply_topic]
+        let mut topics = vec![&inbox_topic, &reply_topic];
+        if opts.presence {
+            topics.push(&presence_filter);
+        }
+        let filters = topics
+            .iter()
             .map(|topic| SubscribeFilter::new(topic.to_string(), QoS::AtLeastOnce));
         mqtt.subscribe_many(filters).await?;
         let suback = wait("SUBACK", opts.connect_timeout, suback_rx).await?;
-        check_suback(&suback.return_codes, &[&inbox_topic, &reply_topic])?;
+        check_suback(&suback.return_codes, &topics)?;
 
         Ok(Client {
             inner: Arc::new(Inner {
                 mqtt,
                 request_topic: topics::request(&opts.user, &opts.device),
                 heartbeat_topic: topics::heartbeat(&opts.user, &opts.device),
+                presence_filter,
                 user: opts.user,
                 device: opts.device,
                 pending,
+                subacks,
+                subscribing: tokio::sync::Mutex::new(()),
                 ids: IdGen::new(),
                 inbox_rx: tokio::sync::Mutex::new(inbox_rx),
+                presence,
                 request_timeout: opts.request_timeout,
                 session_present,
                 connected,
@@ -285,6 +311,129 @@ impl Client {
         expect_ack(self.request(body).await?)
     }
 
+    /// Sends friend requests to `add` (or accepts theirs) and ends the
+    /// friendships or requests with `remove`, all or nothing. The answer is
+    /// `Ack{channel: "", seq: 0}`; each change arrives as a `FriendEvent` in
+    /// both users' inboxes. `NOT_FOUND` for an unknown user, `BAD_REQUEST`
+    /// for oneself, `LIMIT_EXCEEDED` past the broker's `max_friends`.
+    pub async fn change_friends(
+        &self,
+        add: impl IntoIterator<Item = impl Into<String>>,
+        remove: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Ack, ClientError> {
+        let body = request::Body::ChangeFriends(v1::ChangeFriends {
+            add: add.into_iter().map(Into::into).collect(),
+            remove: remove.into_iter().map(Into::into).collect(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// The current presence of each of `users`, who must each be this
+    /// user, a friend or a member of one of this user's groups (otherwise
+    /// the whole query is `FORBIDDEN`). One entry per distinct user, each
+    /// naming its `user`; the broker answers them sorted by user id.
+    pub async fn query_presence(
+        &self,
+        users: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Result<Vec<Presence>, ClientError> {
+        let body = request::Body::QueryPresence(v1::QueryPresence {
+            users: users.into_iter().map(Into::into).collect(),
+        });
+        match into_body(self.request(body).await?)? {
+            reply::Body::Presence(list) => Ok(list.users),
+            other => Err(unexpected("PresenceList", &other)),
+        }
+    }
+
+    /// Marks `channel` delivered or read up to `seq` (a stale or repeated
+    /// receipt changes nothing); every member's inbox gets a `ReceiptEvent`.
+    pub async fn receipt(
+        &self,
+        channel: &str,
+        seq: u64,
+        kind: ReceiptKind,
+    ) -> Result<Ack, ClientError> {
+        let body = request::Body::Receipt(v1::MarkReceipt {
+            channel: channel.to_string(),
+            seq,
+            kind: kind as i32,
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// Tells the other members of `channel` that this user is typing: a
+    /// live-only `TypingEvent` (inbox_seq 0, never stored).
+    pub async fn typing(&self, channel: &str) -> Result<Ack, ClientError> {
+        let body = request::Body::Typing(v1::Typing {
+            channel: channel.to_string(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// Registers this device for push notifications (`platform` is the
+    /// gateway's app id, `token` its pushkey); an empty `token` unregisters it.
+    pub async fn register_push(&self, platform: &str, token: &str) -> Result<Ack, ClientError> {
+        let body = request::Body::RegisterPush(v1::RegisterPush {
+            platform: platform.to_string(),
+            token: token.to_string(),
+        });
+        expect_ack(self.request(body).await?)
+    }
+
+    /// Signs this device out: the broker makes it offline at once, drops
+    /// its push registration and durable session, revokes the token it
+    /// connected with, answers, and closes the connection. Returns the
+    /// broker's `Ack` once the connection is closed; buffered envelopes and
+    /// presence updates can still be read.
+    pub async fn logout(&self) -> Result<Ack, ClientError> {
+        let ack = expect_ack(self.request(request::Body::Logout(v1::Logout {})).await?)?;
+        self.disconnect().await?;
+        Ok(ack)
+    }
+
+    /// Subscribes `presence/+/{user}` (QoS 1) and waits for the SUBACK.
+    /// Each friend's current state follows at once, `retained = true`, then
+    /// every change, `retained = false`; read them with
+    /// [`Client::next_presence`]. Subscribing again asks for the current
+    /// states again. [`ClientOptions::presence`] subscribes at connect instead.
+    pub async fn subscribe_presence(&self) -> Result<(), ClientError> {
+        if !self.is_connected() {
+            return Err(ClientError::Disconnected);
+        }
+        let filter = &self.inner.presence_filter;
+        let (tx, rx) = oneshot::channel();
+        {
+            let _order = self.inner.subscribing.lock().await;
+            driver::lock_any(&self.inner.subacks).push_back(tx);
+            self.inner.mqtt.subscribe(filter, QoS::AtLeastOnce).await?;
+        }
+        let suback = match tokio::time::timeout(self.inner.request_timeout, rx).await {
+            Ok(Ok(suback)) => suback,
+            Ok(Err(_)) => return Err(ClientError::Disconnected),
+            Err(_) => {
+                return Err(ClientError::Timeout {
+                    what: "the SUBACK",
+                    after: self.inner.request_timeout,
+                })
+            }
+        };
+        check_suback(&suback.return_codes, &[filter])
+    }
+
+    /// The next presence update (a friend's state, or a cleared topic),
+    /// waiting at most `timeout`; only arrives after
+    /// [`Client::subscribe_presence`], [`ClientOptions::presence`] or a
+    /// resumed durable session with that subscription.
+    ///
+    /// `Ok(None)`: nothing arrived in time. [`ClientError::Disconnected`]:
+    /// the connection is closed and every buffered update has been read.
+    pub async fn next_presence(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<PresenceUpdate>, ClientError> {
+        self.inner.presence.next(timeout).await
+    }
+
     /// Publishes an empty heartbeat on `hb/{user}/{device}` at QoS 0.
     pub async fn heartbeat(&self) -> Result<(), ClientError> {
         self.inner
@@ -303,7 +452,8 @@ impl Client {
     ///
     /// `Ok(None)`: nothing arrived in time. [`ClientError::Disconnected`]:
     /// the connection is closed and every buffered envelope has been read.
-    /// Deliveries are at least once: drop repeats by `inbox_seq`.
+    /// Deliveries are at least once: drop repeats by `inbox_seq`, except
+    /// `inbox_seq` 0: live-only events (typing), never stored, never repeats.
     pub async fn next_envelope(&self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
         let next = async {
             let mut rx = self.inner.inbox_rx.lock().await;

@@ -1,13 +1,19 @@
 //! The task that owns one connection's rumqttc [`EventLoop`].
 //!
 //! It polls the event loop until the connection ends, and routes what
-//! arrives: the CONNACK and the first SUBACK to [`Client::connect`](crate::Client::connect),
-//! each `Reply` to the waiting request (by `request_id`), each `Envelope` to
-//! the bounded inbox channel. When it ends, for whatever reason, it drops
-//! every pending request (their callers see [`ClientError::Disconnected`])
-//! and the inbox sender (the reader sees the end after the buffered envelopes).
+//! arrives: the CONNACK to [`Client::connect`](crate::Client::connect),
+//! each SUBACK to the subscription waiting for it (in order), each `Reply`
+//! to the waiting request (by `request_id`), each `Envelope` to the bounded
+//! inbox channel, and each publish on `presence/{subject}/{user}` to the
+//! presence queue. Every envelope is passed on, live-only ones
+//! (`inbox_seq` 0, typing) included: dropping repeats by `inbox_seq` is
+//! the application's business, and 0 is never a repeat.
+//! When it ends, for whatever reason, it drops every pending request and
+//! subscription (their callers see [`ClientError::Disconnected`]), the inbox
+//! sender and the presence queue (readers see the end after what is
+//! buffered).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -17,30 +23,43 @@ use rumqttc::{Event, EventLoop, Incoming, Outgoing, Publish, SubAck};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::ClientError;
+use crate::presence::{PresenceQueue, PresenceUpdate};
 
 /// Requests waiting for their reply, by `request_id`.
 pub(crate) type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+
+/// Subscriptions waiting for their SUBACK, in the order they were sent (the
+/// broker answers SUBSCRIBEs in order).
+pub(crate) type SubAcks = Arc<Mutex<VecDeque<oneshot::Sender<SubAck>>>>;
+
+/// Locks a map or queue; a poisoned lock still holds a usable value.
+pub(crate) fn lock_any<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Locks the pending map; a poisoned lock still holds a usable map.
 pub(crate) fn lock(
     pending: &Pending,
 ) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Reply>>> {
-    pending
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    lock_any(pending)
 }
 
 /// One connection's event-loop task. Built by `Client::connect`, consumed by [`Driver::run`].
 pub(crate) struct Driver {
     pub eventloop: EventLoop,
+    /// The device's user: presence topics are `presence/{subject}/{user}`.
+    pub user: String,
     pub reply_topic: String,
     pub inbox_topic: String,
     pub pending: Pending,
     pub inbox_tx: mpsc::Sender<Envelope>,
+    pub presence: Arc<PresenceQueue>,
     /// Answers `connect` once: `Ok(session_present)` or why it failed.
     pub connack_tx: Option<oneshot::Sender<Result<bool, ClientError>>>,
-    /// Answers `connect`'s subscription once.
-    pub suback_tx: Option<oneshot::Sender<SubAck>>,
+    /// Answers each subscription, in order.
+    pub subacks: SubAcks,
     /// Resolves when the last `Client` handle is dropped.
     pub shutdown_rx: oneshot::Receiver<()>,
     pub connected: Arc<AtomicBool>,
@@ -77,6 +96,8 @@ impl Driver {
         }
         self.connected.store(false, Ordering::SeqCst);
         lock(&self.pending).clear();
+        lock_any(&self.subacks).clear();
+        self.presence.close();
     }
 
     async fn handle(&mut self, event: Event) -> Flow {
@@ -89,8 +110,12 @@ impl Driver {
                 Flow::Continue
             }
             Event::Incoming(Incoming::SubAck(ack)) => {
-                if let Some(tx) = self.suback_tx.take() {
-                    let _ = tx.send(ack);
+                let waiter = lock_any(&self.subacks).pop_front();
+                match waiter {
+                    Some(tx) => {
+                        let _ = tx.send(ack);
+                    }
+                    None => tracing::debug!(pkid = ack.pkid, "SUBACK nobody waits for ignored"),
                 }
                 Flow::Continue
             }
@@ -107,14 +132,15 @@ impl Driver {
         }
     }
 
-    /// Sends a reply to its waiting request, or an envelope to the inbox channel.
+    /// Sends a reply to its waiting request, an envelope to the inbox
+    /// channel, or a presence update to the presence queue.
     async fn route(&mut self, publish: Publish) -> Flow {
         if publish.topic == self.reply_topic {
             self.deliver_reply(&publish.payload);
             return Flow::Continue;
         }
         if publish.topic != self.inbox_topic {
-            tracing::debug!(topic = %publish.topic, "publish on an unexpected topic ignored");
+            self.deliver_presence(&publish);
             return Flow::Continue;
         }
         let envelope = match Envelope::decode(publish.payload.as_ref()) {
@@ -132,6 +158,23 @@ impl Driver {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::Stop,
             },
+        }
+    }
+
+    fn deliver_presence(&self, publish: &Publish) {
+        match PresenceUpdate::from_publish(
+            &self.user,
+            &publish.topic,
+            &publish.payload,
+            publish.retain,
+        ) {
+            Some(Ok(update)) => self.presence.push(update),
+            Some(Err(err)) => {
+                tracing::warn!(error = %err, topic = %publish.topic, "undecodable presence skipped")
+            }
+            None => {
+                tracing::debug!(topic = %publish.topic, "publish on an unexpected topic ignored")
+            }
         }
     }
 

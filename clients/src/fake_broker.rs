@@ -19,12 +19,19 @@ use tokio::net::{TcpListener, TcpStream};
 /// Publishes to send back: `(topic, payload)`.
 pub type Handler = Arc<dyn Fn(&str, Request) -> Vec<(String, Vec<u8>)> + Send + Sync>;
 
+/// Publishes to send after a SUBACK, given the user and the filters:
+/// `(topic, payload, retain)`.
+pub type OnSubscribe = Arc<dyn Fn(&str, &[String]) -> Vec<(String, Vec<u8>, bool)> + Send + Sync>;
+
 /// How the fake answers.
 #[derive(Clone)]
 pub struct Script {
     pub connack: ConnectReturnCode,
     pub refuse_subscribe: bool,
+    /// Filters refused even when `refuse_subscribe` is off.
+    pub refused_filters: Vec<String>,
     pub handler: Handler,
+    pub on_subscribe: Option<OnSubscribe>,
 }
 
 impl Script {
@@ -34,7 +41,9 @@ impl Script {
         Script {
             connack: ConnectReturnCode::Success,
             refuse_subscribe: false,
+            refused_filters: Vec::new(),
             handler: Arc::new(handler),
+            on_subscribe: None,
         }
     }
 }
@@ -73,15 +82,31 @@ async fn serve(mut socket: TcpStream, script: Script) {
                     answers.push(Packet::ConnAck(ConnAck::new(script.connack, false)));
                 }
                 Packet::Subscribe(sub) => {
-                    let code = if script.refuse_subscribe {
-                        SubscribeReasonCode::Failure
-                    } else {
-                        SubscribeReasonCode::Success(QoS::AtLeastOnce)
-                    };
-                    answers.push(Packet::SubAck(SubAck::new(
-                        sub.pkid,
-                        vec![code; sub.filters.len()],
-                    )));
+                    let codes = sub
+                        .filters
+                        .iter()
+                        .map(|filter| {
+                            if script.refuse_subscribe
+                                || script.refused_filters.contains(&filter.path)
+                            {
+                                SubscribeReasonCode::Failure
+                            } else {
+                                SubscribeReasonCode::Success(QoS::AtLeastOnce)
+                            }
+                        })
+                        .collect();
+                    answers.push(Packet::SubAck(SubAck::new(sub.pkid, codes)));
+                    if let Some(hook) = &script.on_subscribe {
+                        let filters: Vec<String> =
+                            sub.filters.iter().map(|f| f.path.clone()).collect();
+                        for (topic, payload, retain) in hook(&user, &filters) {
+                            next_pkid = next_pkid % 60_000 + 1;
+                            let mut out = Publish::new(topic, QoS::AtLeastOnce, payload);
+                            out.pkid = next_pkid;
+                            out.retain = retain;
+                            answers.push(Packet::Publish(out));
+                        }
+                    }
                 }
                 Packet::PingReq => answers.push(Packet::PingResp),
                 Packet::Publish(publish) => {
@@ -335,6 +360,221 @@ mod tests {
         assert!(crate::cli::run_to(cmd, &mut out).await.is_err());
         let value: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(value["error"]["code"], "NOT_MEMBER");
+    }
+
+    fn presence_payload(user: &str, online: bool) -> Vec<u8> {
+        parley_proto::v1::Presence {
+            user: user.into(),
+            online,
+            last_active_ms: 1_000,
+        }
+        .encode_to_vec()
+    }
+
+    fn typing_envelope(user: &str) -> Vec<u8> {
+        Envelope {
+            inbox_seq: 0,
+            body: Some(envelope::Body::Typing(parley_proto::v1::TypingEvent {
+                channel: "dm:alice:bob".into(),
+                user: user.into(),
+            })),
+        }
+        .encode_to_vec()
+    }
+
+    /// Friends and presence: bob's state retained on a presence
+    /// subscription; typing, friends, presence queries, receipts, push and
+    /// logout answered as the broker would.
+    fn social_script() -> Script {
+        let mut script = Script::answering(|user, req| {
+            let ack = |ack: Ack| reply_to(user, &req.request_id, reply::Body::Ack(ack));
+            match req.body {
+                Some(request::Body::Typing(typing)) => vec![
+                    (format!("inbox/{user}"), typing_envelope("bob")),
+                    (format!("inbox/{user}"), typing_envelope("bob")),
+                    (
+                        format!("inbox/{user}"),
+                        Envelope {
+                            inbox_seq: 1,
+                            body: None,
+                        }
+                        .encode_to_vec(),
+                    ),
+                    ack(Ack {
+                        channel: typing.channel,
+                        ..Ack::default()
+                    }),
+                ],
+                Some(request::Body::ChangeFriends(change)) => vec![
+                    (
+                        format!("presence/mallory/{user}x"),
+                        presence_payload("mallory", true),
+                    ),
+                    (
+                        format!("presence/bob/{user}"),
+                        presence_payload("bob", false),
+                    ),
+                    (format!("presence/carol/{user}"), Vec::new()),
+                    ack(Ack {
+                        seq: (change.add.len() * 10 + change.remove.len()) as u64,
+                        ..Ack::default()
+                    }),
+                ],
+                Some(request::Body::QueryPresence(query)) => {
+                    let users = query
+                        .users
+                        .iter()
+                        .map(|u| parley_proto::v1::Presence {
+                            user: u.clone(),
+                            online: u == "bob",
+                            last_active_ms: 5,
+                        })
+                        .collect();
+                    vec![reply_to(
+                        user,
+                        &req.request_id,
+                        reply::Body::Presence(parley_proto::v1::PresenceList { users }),
+                    )]
+                }
+                Some(request::Body::Receipt(receipt)) => vec![ack(Ack {
+                    channel: receipt.channel,
+                    seq: receipt.seq * 10 + receipt.kind as u64,
+                    ..Ack::default()
+                })],
+                Some(request::Body::RegisterPush(push)) => vec![ack(Ack {
+                    channel: format!("{}/{}", push.platform, push.token),
+                    ..Ack::default()
+                })],
+                _ => vec![ack(Ack {
+                    ts_ms: 9,
+                    ..Ack::default()
+                })],
+            }
+        });
+        script.on_subscribe = Some(Arc::new(|user, filters| {
+            if !filters.contains(&format!("presence/+/{user}")) {
+                return Vec::new();
+            }
+            vec![
+                (format!("presence/eve/{user}"), b"\xff\xff".to_vec(), true),
+                (
+                    format!("presence/bob/{user}"),
+                    presence_payload("bob", true),
+                    true,
+                ),
+            ]
+        }));
+        script
+    }
+
+    const SHORT: Duration = Duration::from_millis(100);
+
+    #[tokio::test]
+    async fn live_only_envelopes_reach_the_inbox_reader_every_time() {
+        let addr = start(social_script()).await;
+        let client = Client::connect(opts(addr)).await.unwrap();
+        let ack = client.typing("dm:alice:bob").await.unwrap();
+        assert_eq!(ack.channel, "dm:alice:bob");
+        let mut seqs = Vec::new();
+        while let Some(env) = client.next_envelope(Duration::from_secs(2)).await.unwrap() {
+            seqs.push(env.inbox_seq);
+            if seqs.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(seqs, [0, 0, 1], "inbox_seq 0 is never taken for a repeat");
+    }
+
+    #[tokio::test]
+    async fn presence_arrives_with_its_retain_flag_and_clears() {
+        let addr = start(social_script()).await;
+        let client = Client::connect(opts(addr).presence(true)).await.unwrap();
+        // the undecodable eve is skipped
+        let retained = client.next_presence(Duration::from_secs(2)).await.unwrap();
+        let retained = retained.expect("bob's retained state");
+        assert_eq!(
+            (
+                retained.subject.as_str(),
+                retained.online(),
+                retained.retained
+            ),
+            ("bob", Some(true), true)
+        );
+        let ack = client.change_friends(["bob"], ["carol"]).await.unwrap();
+        assert_eq!(ack.seq, 11, "one add, one remove");
+        let live = client.next_presence(SHORT).await.unwrap().unwrap();
+        assert_eq!(
+            (live.subject.as_str(), live.online(), live.retained),
+            ("bob", Some(false), false),
+            "another observer's topic is ignored"
+        );
+        assert_eq!(live.last_active_ms(), Some(1_000));
+        let cleared = client.next_presence(SHORT).await.unwrap().unwrap();
+        assert_eq!(cleared.subject, "carol");
+        assert!(cleared.is_cleared() && !cleared.retained);
+        assert_eq!(client.next_presence(SHORT).await.unwrap(), None);
+        client.disconnect().await.unwrap();
+        assert!(matches!(
+            client.next_presence(SHORT).await,
+            Err(ClientError::Disconnected)
+        ));
+    }
+
+    #[tokio::test]
+    async fn presence_is_opt_in_and_can_be_subscribed_later() {
+        let addr = start(social_script()).await;
+        let client = Client::connect(opts(addr)).await.unwrap();
+        assert_eq!(client.next_presence(SHORT).await.unwrap(), None);
+        client.subscribe_presence().await.unwrap();
+        let update = client.next_presence(Duration::from_secs(2)).await.unwrap();
+        assert!(update.is_some_and(|u| u.subject == "bob" && u.retained));
+        // again: the current states again
+        client.subscribe_presence().await.unwrap();
+        let update = client.next_presence(Duration::from_secs(2)).await.unwrap();
+        assert!(update.is_some_and(|u| u.subject == "bob" && u.retained));
+        // requests still meet their replies after the extra SUBACKs
+        assert_eq!(client.typing("g:x").await.unwrap().channel, "g:x");
+
+        let mut script = social_script();
+        script.refused_filters = vec!["presence/+/alice".into()];
+        let addr = start(script).await;
+        let client = Client::connect(opts(addr)).await.unwrap();
+        let err = client.subscribe_presence().await.unwrap_err();
+        assert!(
+            matches!(err, ClientError::SubscribeRefused(ref t) if t == "presence/+/alice"),
+            "{err}"
+        );
+        let err = Client::connect(opts(addr).presence(true))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ClientError::SubscribeRefused(ref t) if t == "presence/+/alice"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn typed_helpers_send_their_requests() {
+        let addr = start(social_script()).await;
+        let client = Client::connect(opts(addr)).await.unwrap();
+        let states = client.query_presence(["bob", "carol"]).await.unwrap();
+        let states: Vec<(&str, bool)> =
+            states.iter().map(|p| (p.user.as_str(), p.online)).collect();
+        assert_eq!(states, [("bob", true), ("carol", false)]);
+        let ack = client
+            .receipt("dm:alice:bob", 4, parley_proto::v1::ReceiptKind::Read)
+            .await
+            .unwrap();
+        assert_eq!((ack.channel.as_str(), ack.seq), ("dm:alice:bob", 42));
+        let ack = client.register_push("app", "tok").await.unwrap();
+        assert_eq!(ack.channel, "app/tok");
+        let ack = client.logout().await.unwrap();
+        assert_eq!(ack.ts_ms, 9);
+        assert!(!client.is_connected(), "closed after the logout");
+        assert!(matches!(
+            client.query_presence(["bob"]).await,
+            Err(ClientError::Disconnected)
+        ));
     }
 
     /// Runs futures concurrently (a tiny join_all without the futures crate).

@@ -4,8 +4,9 @@
 //! Owns: how a device speaks the chat-over-MQTT contract
 //! (`shared/PROTOCOL.md`, restated in `docs/PROTOCOL.md`) from the client's
 //! side: CONNECT as `{user}:{device}`, subscribe `inbox/{user}` and
-//! `reply/{user}/{device}`, publish `Request`s on `req/{user}/{device}` and
-//! match each `Reply` by `request_id`.
+//! `reply/{user}/{device}` (and, when asked, `presence/+/{user}`), publish
+//! `Request`s on `req/{user}/{device}` and match each `Reply` by
+//! `request_id`.
 //!
 //! Must not: depend on the broker (it talks to any broker over the network
 //! only), parse MQTT by hand (rumqttc does), or keep unbounded queues (the
@@ -14,9 +15,13 @@
 //! # Layout
 //! - [`options`]: [`ClientOptions`], [`Transport`], broker address parsing.
 //! - [`client`]: [`Client`]: connect, `request`, the typed helpers
-//!   (`send`, `sync`, `history`, groups), the inbox, `disconnect`.
+//!   (`send`, `sync`, `history`, groups, friends, receipts, typing,
+//!   presence queries, push, `logout`), the inbox, presence, `disconnect`.
 //! - `driver`: the spawned task that polls rumqttc's event loop and routes
-//!   replies (to waiting requests) and envelopes (to the inbox channel).
+//!   replies (to waiting requests), SUBACKs (to waiting subscriptions),
+//!   envelopes (to the inbox channel) and presence (to its queue).
+//! - [`presence`]: [`PresenceUpdate`], a friend's state as published on
+//!   `presence/{friend}/{user}`, and the queue behind `next_presence`.
 //! - [`ids`]: unique `request_id`s and `client_msg_id`s.
 //! - [`error`]: [`ClientError`], the library's one error type.
 //! - [`json`]: envelopes, messages and replies as JSON, for scripts.
@@ -40,6 +45,12 @@
 //! }
 //! let page = alice.sync(0, 100).await?; // catch up from the start of the inbox
 //! println!("{} events, more: {}", page.events.len(), page.more);
+//!
+//! alice.change_friends(["bob"], Vec::<String>::new()).await?; // a friend request
+//! alice.subscribe_presence().await?; // friends' states, then their changes
+//! while let Some(update) = alice.next_presence(Duration::from_secs(1)).await? {
+//!     println!("{} online: {:?} (retained: {})", update.subject, update.online(), update.retained);
+//! }
 //! alice.disconnect().await?;
 //! # Ok(()) }
 //! ```
@@ -54,6 +65,7 @@ pub mod error;
 pub mod ids;
 pub mod json;
 pub mod options;
+pub mod presence;
 
 #[cfg(test)]
 mod fake_broker;
@@ -63,6 +75,7 @@ pub use error::{ClientError, ConnectReturnCode};
 pub use ids::IdGen;
 pub use options::{parse_broker_addr, ClientOptions, Transport};
 pub use parley_proto::v1;
+pub use presence::PresenceUpdate;
 
 /// The channel id of the direct chat between `a` and `b`:
 /// `dm:{min(a,b)}:{max(a,b)}` in byte-wise order.

@@ -91,6 +91,15 @@ pub struct ClientOptions {
     /// (default 16,384). When it is full the client stops reading the socket
     /// (replies included) until the application reads.
     pub inbox_capacity: usize,
+    /// `true`: [`Client::connect`](crate::Client::connect) also subscribes
+    /// `presence/+/{user}`, so friends' states arrive on
+    /// [`Client::next_presence`](crate::Client::next_presence) from the start
+    /// (default `false`; see also [`Client::subscribe_presence`](crate::Client::subscribe_presence)).
+    pub presence: bool,
+    /// Presence updates buffered for [`Client::next_presence`](crate::Client::next_presence)
+    /// (default 4,096). When it is full, a new update replaces the oldest
+    /// queued one of the same friend (the socket is never stalled by it).
+    pub presence_capacity: usize,
     /// Largest MQTT packet accepted or sent, in bytes (default 16 MiB).
     pub max_packet_size: usize,
 }
@@ -128,6 +137,8 @@ impl ClientOptions {
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             inbox_capacity: 16_384,
+            presence: false,
+            presence_capacity: 4_096,
             max_packet_size: 16 * 1024 * 1024,
         }
     }
@@ -206,6 +217,18 @@ impl ClientOptions {
         self
     }
 
+    /// Sets [`ClientOptions::presence`].
+    pub fn presence(mut self, subscribe: bool) -> Self {
+        self.presence = subscribe;
+        self
+    }
+
+    /// Sets [`ClientOptions::presence_capacity`].
+    pub fn presence_capacity(mut self, capacity: usize) -> Self {
+        self.presence_capacity = capacity;
+        self
+    }
+
     /// Sets [`ClientOptions::max_packet_size`].
     pub fn max_packet_size(mut self, bytes: usize) -> Self {
         self.max_packet_size = bytes;
@@ -234,6 +257,9 @@ impl ClientOptions {
         }
         if self.inbox_capacity == 0 {
             return bad("inbox_capacity must be at least 1");
+        }
+        if self.presence_capacity == 0 {
+            return bad("presence_capacity must be at least 1");
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be above zero");
@@ -464,9 +490,13 @@ mod tests {
         assert_eq!(opts.transport, Transport::Tcp);
         assert_eq!(opts.request_timeout, Duration::from_secs(10));
         assert_eq!(opts.client_id(), "a:d");
+        assert!(!opts.presence, "presence is opt-in");
         let opts = opts.inflight(7).keep_alive_secs(5).clean_session(false);
         assert_eq!((opts.inflight, opts.keep_alive_secs), (7, 5));
         assert!(opts.validate().is_ok());
+        let opts = opts.presence(true).presence_capacity(3);
+        assert!(opts.presence && opts.presence_capacity == 3);
+        assert!(opts.clone().presence_capacity(0).validate().is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! - [`tls`]: a throwaway CA and server certificate, TLS client configs,
 //!   a bare HTTPS GET ([`Builder::tls`] turns the broker's TLS on).
 
+pub mod gateway;
 pub mod http;
 pub mod raw;
 pub mod tls;
@@ -38,7 +39,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use parley_client::{
-    direct_channel, group_channel, Client, ClientError, ClientOptions, Transport,
+    direct_channel, group_channel, Client, ClientError, ClientOptions, PresenceUpdate, Transport,
 };
 pub use parley_proto::v1;
 pub use raw::{RawV4, RawV5};
@@ -697,4 +698,53 @@ pub async fn sync_all(client: &Client, after: u64) -> Vec<Envelope> {
 /// The last `inbox_seq` of the client's user, via `Sync` (0 for an empty inbox).
 pub async fn inbox_head(client: &Client) -> u64 {
     sync_all(client, 0).await.last().map_or(0, |e| e.inbox_seq)
+}
+
+/// Makes `a` and `b` friends: `a` asks, `b` accepts; both are answered
+/// with `Ack{channel: "", seq: 0}`.
+pub async fn befriend(a: &Client, b: &Client) {
+    for (asker, other) in [(a, b), (b, a)] {
+        let ack = asker
+            .change_friends([other.user()], Vec::<String>::new())
+            .await
+            .unwrap_or_else(|e| panic!("{} adds {}: {e}", asker.user(), other.user()));
+        assert_eq!(
+            (ack.channel.as_str(), ack.seq),
+            ("", 0),
+            "ChangeFriends Ack"
+        );
+    }
+}
+
+/// The `(user, state)` of a `FriendEvent` envelope, failing the test for
+/// other bodies.
+pub fn friend_event_of(envelope: &Envelope) -> (String, v1::FriendState) {
+    match &envelope.body {
+        Some(envelope::Body::Friend(event)) => (
+            event.user.clone(),
+            v1::FriendState::try_from(event.state).unwrap_or(v1::FriendState::Unspecified),
+        ),
+        other => panic!(
+            "expected a FriendEvent envelope, got {other:?} (inbox_seq {})",
+            envelope.inbox_seq
+        ),
+    }
+}
+
+/// The next presence update of `client` (see `Client::next_presence`);
+/// fails the test when none arrives within `timeout`.
+pub async fn next_presence(client: &Client, timeout: Duration) -> PresenceUpdate {
+    match client.next_presence(timeout).await {
+        Ok(Some(update)) => update,
+        Ok(None) => panic!(
+            "{}:{}: no presence update within {timeout:?}",
+            client.user(),
+            client.device()
+        ),
+        Err(e) => panic!(
+            "{}:{}: presence closed: {e}",
+            client.user(),
+            client.device()
+        ),
+    }
 }

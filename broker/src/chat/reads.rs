@@ -39,7 +39,12 @@ pub fn history(
         Channel::Group(id) => store.group(id).map_err(internal)?.map(group_from_record),
         _ => None,
     };
-    send::recipients(user, channel, group.as_ref(), &StoreDirectory::new(store))?;
+    if let Channel::System(_) = channel {
+        // Its owner reads a system channel (only services post to it).
+        send::check_reader(user, channel, None)?;
+    } else {
+        send::recipients(user, channel, group.as_ref(), &StoreDirectory::new(store))?;
+    }
     let (messages, more) = store
         .history(&channel.id(), before_seq, limit as usize)
         .map_err(internal)?;

@@ -3,11 +3,13 @@
 //! Routes: `POST /v1/register`, `POST /v1/login` (a session token and the
 //! MQTT endpoints, [`discovery`]), `POST /v1/logout`, `POST /v1/password`
 //! ([`accounts`]), `POST /v1/system-messages` ([`system`]), `GET
-//! /v1/health`, `GET /metrics`.
+//! /v1/health`, `GET /metrics`, and the web chat client at `GET /`
+//! ([`web`]).
 //!
 //! Every error is JSON `{"error": {"code", "message"}}` ([`ApiError`]) with
 //! a stable code; unknown routes are 404 `NOT_FOUND`, bodies over
-//! [`MAX_BODY_BYTES`] 413 `TOO_LARGE`. Each request runs in a `http`
+//! [`MAX_BODY_BYTES`] (system messages: [`MAX_SYSTEM_MESSAGE_BYTES`]) 413
+//! `TOO_LARGE`. Each request runs in a `http`
 //! tracing span.
 //! Must not: apply chat rules or touch RocksDB directly (accounts, auth and
 //! the store do, on blocking threads).
@@ -16,6 +18,7 @@ pub mod accounts;
 pub mod discovery;
 pub mod error;
 pub mod system;
+pub mod web;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -41,6 +44,9 @@ use crate::mqtt::Shared;
 
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// The largest body of `POST /v1/system-messages`: room for a text of the
+/// contract's 100,000 characters at 4 bytes each, JSON-escaped.
+pub const MAX_SYSTEM_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// What the HTTP handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -84,9 +90,13 @@ pub fn router(state: HttpState) -> Router {
         .route("/v1/login", post(accounts::login))
         .route("/v1/logout", post(accounts::logout))
         .route("/v1/password", post(accounts::change_password))
-        .route("/v1/system-messages", post(system::send))
+        .route(
+            "/v1/system-messages",
+            post(system::send).layer(DefaultBodyLimit::max(MAX_SYSTEM_MESSAGE_BYTES)),
+        )
         .route("/v1/health", get(health))
         .route("/metrics", get(metrics_text))
+        .merge(web::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

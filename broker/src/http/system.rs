@@ -17,7 +17,6 @@ use super::error::{ApiError, BearerText, JsonBody};
 use super::HttpState;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SystemMessageBody {
     #[serde(default)]
     channel: String,

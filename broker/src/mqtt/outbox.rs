@@ -5,7 +5,7 @@
 //! retained on subscribe) and its user's inbox. Live-only inbox events
 //! (typing, `inbox_seq` 0) go out at QoS 0 beside the inbox stream, outside
 //! its cursor: they are never stored, so never read back either.
-//! The inbox stream The inbox stream keeps a cursor (`sent_upto`) and takes the
+//! The inbox stream keeps a cursor (`sent_upto`) and takes the
 //! next envelope from the live queue when it is the next one, or asks the
 //! connection to read ahead from RocksDB when there is a gap (a dropped live
 //! envelope, a reconnect, a full window). Memory per device is bounded by

@@ -562,8 +562,10 @@ impl Connection {
             RequestAck::PubRec(pkid) => self.ack_publish(QoS::ExactlyOnce, pkid, true),
         }
         if done.then == Then::Logout {
-            // Answered; the loop closes once the reply is written.
+            // Answered: offline at once; the loop closes once the reply is
+            // written.
             self.logged_out = true;
+            self.presence.leave(Departure::Graceful);
         }
     }
 
