@@ -39,6 +39,7 @@ const noTyping = new Set(); // channels where typing notices were refused
 let openChannel = null;
 let conn = { state: "connecting", detail: "", retryAt: 0, manual: false };
 let typingSent = { channel: null, at: 0 };
+let typingTimer = null;
 let keepFromBottom = false;
 let forceBottom = false;
 
@@ -231,6 +232,7 @@ function applyMessage(proto, inboxSeq) {
       c.cursors[m.sender] = [Math.max(d, m.seq), Math.max(r, m.seq)];
     }
     c.lastOther = Math.max(c.lastOther, m.seq);
+    if (looking() && openChannel === proto.channel) c.seen = Math.max(c.seen, m.seq); // on screen
     if (m.seq > Math.max(c.myRead, c.seen) && !c.unread.includes(m.seq)) c.unread.push(m.seq);
     const typers = typing.get(proto.channel);
     if (typers) typers.delete(m.sender);
@@ -270,8 +272,11 @@ function describeGroup(known, before, after, actor, name) {
   const who = (u) => (u === me() ? "you" : u);
   const cap = (s) => s.charAt(0).toUpperCase() + s.slice(1);
   const list = (users) => users.map(who).join(", ");
-  if (!known && !before.length) {
-    return `${cap(who(actor))} created the group${name ? ` “${name}”` : ""}`;
+  if (!known) {
+    // the first event of this group in my inbox: its creation, or being added
+    const title = name ? ` “${name}”` : "";
+    if (actor === me()) return `You created the group${title}`;
+    if (after.includes(me())) return `${actor} added you to the group${title}`;
   }
   const added = after.filter((u) => !before.includes(u));
   const removed = before.filter((u) => !after.includes(u));
@@ -299,14 +304,14 @@ function onTyping(env) {
   let typers = typing.get(t.channel);
   if (!typers) typing.set(t.channel, (typers = new Map()));
   typers.set(t.user, Date.now() + TYPING_SHOWN_MS);
-  setTimeout(render, TYPING_SHOWN_MS + 50);
-  render();
+  setTimeout(renderTick, TYPING_SHOWN_MS + 50);
+  renderTick();
 }
 
 function onPresence(user, p) {
   if (p) presence.set(user, { online: !!p.online, last: num(p.last_active_ms) });
   else presence.delete(user);
-  render();
+  renderTick();
 }
 
 function typingNames(channel) {
@@ -401,6 +406,8 @@ function acked(entry, ack) {
 }
 
 function sendText(channel, text) {
+  clearTimeout(typingTimer);
+  typingSent = { channel: null, at: 0 }; // the next keystroke is news again
   data.outbox.push({ id: uuid(), channel, text, ts: Date.now(), state: "pending", error: null });
   const c = ensureConv(channel);
   c.activity = Math.max(c.activity, localActivity());
@@ -463,7 +470,13 @@ function sendTyping() {
   const c = data.convs[channel];
   if (!c || !canSend(c) || !$("composer").value.trim()) return;
   const now = Date.now();
-  if (typingSent.channel === channel && now - typingSent.at < TYPING_EVERY_MS) return;
+  const wait = typingSent.at + TYPING_EVERY_MS - now;
+  if (typingSent.channel === channel && wait > 0) {
+    // still typing when the window ends: tell again then
+    clearTimeout(typingTimer);
+    typingTimer = setTimeout(sendTyping, wait);
+    return;
+  }
   typingSent = { channel, at: now };
   client.request("typing", { channel }).catch((error) => {
     if (error.transient || error.code === "RATE_LIMITED") return;
@@ -507,18 +520,32 @@ async function loadHistory(channel, before, limit = 50) {
 // ------------------------------------------------------------ rendering
 
 let renderTimer = null;
+/** Repaints soon (once for a burst of changes). */
 function render() {
   if (renderTimer) return;
-  renderTimer = setTimeout(() => {
-    renderTimer = null;
-    if (!session || !data) return;
-    renderConn();
-    renderConvs();
-    renderFriends();
-    renderChat();
-    const total = Object.values(data.convs).reduce((n, c) => n + unreadCount(c), 0);
-    document.title = total ? `(${total}) Parley` : "Parley";
-  }, 16);
+  renderTimer = setTimeout(renderNow, 16);
+}
+
+/** Repaints now. */
+function renderNow() {
+  clearTimeout(renderTimer);
+  renderTimer = null;
+  if (!session || !data) return;
+  renderTick();
+  renderMessages();
+  const total = Object.values(data.convs).reduce((n, c) => n + unreadCount(c), 0);
+  document.title = total ? `(${total}) Parley` : "Parley";
+}
+
+/** What changes with time alone (every second): the connection's retry
+ * countdown, presence and "last seen", typing notices; not the messages. */
+function renderTick() {
+  if (!session || !data) return;
+  renderConn();
+  renderConvs();
+  renderFriends();
+  renderChatHead();
+  if ($("members-dialog").open) renderMembers();
 }
 
 function avatar(name, kind) {
@@ -538,18 +565,21 @@ function renderConn() {
   const el = $("conn");
   el.dataset.state = conn.state;
   document.body.classList.toggle("is-offline", conn.state === "offline");
+  // the live region says what happened; the countdown ticks beside it
   let text;
+  let retry = "";
   if (conn.state === "online") text = "Online";
   else if (conn.state === "connecting") text = "Connecting…";
   else if (conn.state === "syncing") text = "Catching up…";
   else {
-    const wait = conn.retryAt ? Math.max(0, Math.ceil((conn.retryAt - Date.now()) / 1000)) : 0;
     text = `Offline: ${conn.detail || "no connection"}.`;
-    if (!conn.manual) text += wait ? ` Retrying in ${wait} s.` : " Retrying…";
     const pending = data.outbox.filter((e) => e.state === "pending").length;
-    if (pending) text += ` ${pending} message${pending > 1 ? "s" : ""} will be sent then.`;
+    if (pending) text += ` ${pending} unsent message${pending > 1 ? "s" : ""} will be sent when back.`;
+    const wait = conn.retryAt ? Math.max(0, Math.ceil((conn.retryAt - Date.now()) / 1000)) : 0;
+    if (!conn.manual) retry = wait ? `Retrying in ${wait} s` : "Retrying…";
   }
-  if ($("conn-text").textContent !== text) $("conn-text").textContent = text;
+  setText($("conn-text"), text);
+  setText($("conn-retry"), retry);
   $("retry-btn").hidden = conn.state !== "offline";
 }
 
@@ -696,7 +726,7 @@ function messageItems(c) {
   const items = [];
   const lowest = sorted.length ? sorted[0].seq : 0;
   const topKey = `${channel}:${lowest}`;
-  if (fetched.has(channel) && lowest !== 1 && !noOlder.has(channel) && sorted.length) {
+  if (fetched.has(channel) && !c.left && lowest !== 1 && !noOlder.has(channel) && sorted.length) {
     items.push([-1, gapItem("top", channel, lowest, "Load earlier messages", 50, topKey)]);
   }
   let previous = null;
@@ -815,7 +845,7 @@ function outboxItem(c, e) {
   };
 }
 
-function renderChat() {
+function renderChatHead() {
   const c = openChannel && data.convs[openChannel];
   $("chat-none").hidden = !!c;
   $("chat-open").hidden = !c;
@@ -827,20 +857,13 @@ function renderChat() {
     const peer = peerOf(c.channel);
     sub = data.friends[peer] === "FRIENDS" ? presenceText(peer) || "offline" : "not a friend: no presence";
   } else if (c.kind === "group") {
-    sub = c.left ? "You are no longer a member" : `${c.members.length} members: ${c.members.join(", ")}`;
+    if (c.left) sub = "You are no longer a member";
+    else if (c.members.length) sub = `${c.members.length} members: ${c.members.join(", ")}`;
   } else if (c.kind === "sys") {
     sub = "Notices from the service";
   }
   setText($("chat-sub"), sub);
   $("members-btn").hidden = c.kind !== "group" || c.left;
-  const list = $("messages");
-  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
-  const fromBottom = list.scrollHeight - list.scrollTop;
-  reconcile(list, messageItems(c));
-  if (keepFromBottom) list.scrollTop = list.scrollHeight - fromBottom;
-  else if (atBottom || forceBottom) list.scrollTop = list.scrollHeight;
-  keepFromBottom = false;
-  forceBottom = false;
   setText($("typing"), typingText(c.channel));
   const writable = canSend(c);
   $("composer-form").hidden = !writable;
@@ -850,6 +873,19 @@ function renderChat() {
     c.kind === "sys" ? "System messages cannot be answered." : "You are no longer a member of this group.",
   );
   setText($("composer-label"), `Message to ${name}`);
+}
+
+function renderMessages() {
+  const c = openChannel && data.convs[openChannel];
+  if (!c) return;
+  const list = $("messages");
+  const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 80;
+  const fromBottom = list.scrollHeight - list.scrollTop;
+  reconcile(list, messageItems(c));
+  if (keepFromBottom) list.scrollTop = list.scrollHeight - fromBottom;
+  else if (atBottom || forceBottom) list.scrollTop = list.scrollHeight;
+  keepFromBottom = false;
+  forceBottom = false;
 }
 
 // ------------------------------------------------------------ actions
@@ -870,7 +906,7 @@ function openConv(channel) {
   const c = data.convs[channel];
   if (canSend(c)) $("composer").focus();
   else $("messages").focus();
-  if (!fetched.has(channel) && client && client.ready) loadHistory(channel, 0);
+  if (!fetched.has(channel) && !c.left && client && client.ready) loadHistory(channel, 0);
   scheduleReceipts();
 }
 
@@ -878,18 +914,6 @@ function closeConv() {
   openChannel = null;
   $("chat-view").dataset.view = "list";
   render();
-}
-
-function renderNow() {
-  clearTimeout(renderTimer);
-  renderTimer = null;
-  render();
-  clearTimeout(renderTimer);
-  renderTimer = null;
-  renderConn();
-  renderConvs();
-  renderFriends();
-  renderChat();
 }
 
 function retryEntry(id) {
@@ -1053,7 +1077,8 @@ function startSession() {
       saveNow();
       flushOutbox();
       scheduleReceipts();
-      if (openChannel && !fetched.has(openChannel)) loadHistory(openChannel, 0);
+      const open = openChannel && data.convs[openChannel];
+      if (open && !open.left && !fetched.has(openChannel)) loadHistory(openChannel, 0);
       renderNow();
     },
     signedOut: (reason) => endSession(`You were signed out: ${reason}. Please log in again.`, false),
@@ -1222,10 +1247,7 @@ function wire() {
     const ok = await groupRequest(dialog, "create_group", { group_id: groupId, name, members }, "create the group");
     if (!ok) return;
     const c = ensureConv(`g:${groupId}`);
-    if (!c.known) {
-      c.name = name;
-      c.members = [...new Set([me(), ...members])];
-    }
+    if (!c.known) c.name = name; // the members come with the group's event
     dialog.close();
     changed();
     openConv(c.channel);
@@ -1267,11 +1289,7 @@ function wire() {
     }
   });
   addEventListener("pagehide", saveNow);
-  setInterval(() => {
-    if (!data) return;
-    render(); // relative times, typing expiry, the retry countdown
-    if ($("members-dialog").open) renderMembers();
-  }, 1000);
+  setInterval(renderTick, 1000);
 }
 
 function boot() {

@@ -40,10 +40,10 @@ export class ServerError extends Error {
     this.code = code;
   }
 
-  /** The server's message as a sentence: "Text is longer than …". */
+  /** The server's message as a sentence (it may start with a user id, so
+   * its case is kept): "carol is not a member of group team." */
   get readable() {
-    const text = this.message.charAt(0).toUpperCase() + this.message.slice(1);
-    return /[.!?]$/.test(text) ? text : `${text}.`;
+    return /[.!?]$/.test(this.message) ? this.message : `${this.message}.`;
   }
 
   /** True when the request may simply be retried once online again. */

@@ -27,7 +27,7 @@
 //! - [`json`]: envelopes, messages and replies as JSON, for scripts.
 //! - [`cli`]: `parley chat send|sync|history|listen|group` (the broker's
 //!   binary mounts it; `anyhow` is used there, at the edge).
-//! - [`bench`]: the `parley-bench` load generator (scenarios `dm`, `group`,
+//! - [`bench`](mod@bench): the `parley-bench` load generator (scenarios `dm`, `group`,
 //!   `idle`, `relay`), with its report; binary in `src/bin/parley-bench.rs`.
 //!
 //! # Example

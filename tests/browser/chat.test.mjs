@@ -63,8 +63,8 @@ function serviceSecret(dataDir) {
   return out.trim().split("\n").pop().trim();
 }
 
-function startBroker(dataDir) {
-  const log = fs.createWriteStream(path.join(artifacts, "broker.log"));
+function startBroker(dataDir, extra = [], logName = "broker.log") {
+  const log = fs.createWriteStream(path.join(artifacts, logName));
   const child = spawn(
     bin,
     [
@@ -74,6 +74,7 @@ function startBroker(dataDir) {
       "--ws-addr", "127.0.0.1:0",
       "--http-addr", "127.0.0.1:0",
       "--presence-timeout", String(PRESENCE_TIMEOUT_S),
+      ...extra,
     ],
     {
       env: { ...process.env, PARLEY_LOGIN_FAILURES_PER_USER: "3", PARLEY_LOG: "info" },
@@ -93,9 +94,10 @@ function startBroker(dataDir) {
       log.write(chunk);
       const http = /listening http (\S+)/.exec(out);
       const ws = /listening ws (\S+)/.exec(out);
-      if (http && ws) {
+      const wss = /listening wss (\S+)/.exec(out);
+      if (http && ws && (wss || !extra.includes("--wss-addr"))) {
         clearTimeout(timer);
-        resolve({ child, http: http[1], ws: ws[1] });
+        resolve({ child, http: http[1], ws: ws[1], wss: wss && wss[1] });
       }
     });
   });
@@ -105,6 +107,7 @@ function startBroker(dataDir) {
 
 const pages = [];
 const problems = [];
+const toasts = []; // every error message the pages showed: {name, text}
 
 async function person(browser, name, viewport) {
   const context = await browser.createBrowserContext();
@@ -116,7 +119,22 @@ async function person(browser, name, viewport) {
     if (message.type() !== "error") return;
     // the browser itself reports failed socket attempts while offline
     if (/WebSocket connection to .* failed|ERR_INTERNET_DISCONNECTED|net::ERR_/.test(text)) return;
+    // and every HTTP error answer, which the page shows as a readable message
+    if (/^Failed to load resource: the server responded with a status of 4\d\d/.test(text)) return;
     problems.push(`${name}: console error: ${text}`);
+  });
+  // record every toast (error message) the page shows, across reloads
+  await page.exposeFunction("__parleyToast", (text) => toasts.push({ name, text }));
+  await page.evaluateOnNewDocument(() => {
+    addEventListener("DOMContentLoaded", () => {
+      new MutationObserver((changes) => {
+        for (const change of changes) {
+          for (const node of change.addedNodes) {
+            if (node.classList && node.classList.contains("toast")) window.__parleyToast(node.textContent);
+          }
+        }
+      }).observe(document.getElementById("toasts"), { childList: true });
+    });
   });
   const p = { name, page, context };
   pages.push(p);
@@ -273,6 +291,12 @@ async function main() {
   const carol = await person(browser, "carol", DESKTOP);
   const guest = await person(browser, "guest", DESKTOP);
   const dm = "dm:alice:bob";
+  const systemMessage = (body) =>
+    fetch(`${base}v1/system-messages`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${secret}` },
+      body: JSON.stringify(body),
+    });
 
   await step("GET / serves the page, its assets and a strict CSP", async () => {
     const response = await fetch(base);
@@ -416,6 +440,12 @@ async function main() {
     await waitFor(alice, () => [...document.querySelectorAll("#messages li.event")].some((li) => li.textContent === "You created the group “The Team”"));
     await showList(bob);
     await bob.page.waitForSelector('#conv-list button[data-channel="g:team"]', { timeout: WAIT_MS });
+    // 60 messages before carol joins: she pages back through them
+    for (let n = 1; n <= 60; n += 1) {
+      const r = await systemMessage({ channel: "g:team", client_msg_id: `old-${n}`, text: `Old notice ${n}` });
+      assert.equal(r.status, 200, await r.text());
+    }
+    await waitMessage(alice, "Old notice 60");
     await alice.page.click("#members-btn");
     await fill(alice, "#add-member-id", "carol");
     await alice.page.keyboard.press("Enter");
@@ -423,27 +453,33 @@ async function main() {
     await alice.page.keyboard.press("Escape");
     await waitFor(alice, () => [...document.querySelectorAll("#messages li.event")].some((li) => li.textContent === "You added carol"));
     await openConv(carol, "g:team");
+    await waitMessage(carol, "Old notice 60");
+    let seen = await messages(carol);
+    assert.equal(seen.length, 50, "the newest page of history");
+    assert.equal(seen[0].text, "Old notice 11");
+    await carol.page.$eval("#messages", (el) => {
+      el.scrollTop = 0; // scrolling to the top loads the page before
+    });
+    await waitMessage(carol, "Old notice 1");
+    seen = await messages(carol);
+    assert.deepEqual(seen.map((m) => m.seq), Array.from({ length: 60 }, (_, i) => i + 1));
+    await carol.page.waitForFunction(() => !document.querySelector("#messages li.gap"), { timeout: WAIT_MS });
     await send(carol, "Hi team!");
     await waitMessage(alice, "Hi team!");
     await send(alice, "Welcome, carol.");
     await openConv(bob, "g:team");
     await waitMessage(bob, "Welcome, carol.");
     await waitStatus(alice, "Welcome, carol.", "read");
-    const seen = (await messages(bob)).map((m) => m.text);
-    assert.deepEqual(seen, ["Hi team!", "Welcome, carol."]);
+    seen = (await messages(bob)).map((m) => m.text);
+    assert.deepEqual(seen.slice(-2), ["Hi team!", "Welcome, carol."]);
+    assert.equal(seen.length, 62);
     assert.match(await text(bob, "#chat-sub"), /3 members/);
   });
 
   await step("system messages reach a user's system channel and a group", async () => {
-    const post = (body) =>
-      fetch(`${base}v1/system-messages`, {
-        method: "POST",
-        headers: { "Content-Type": "application/json", Authorization: `Bearer ${secret}` },
-        body: JSON.stringify(body),
-      });
-    let r = await post({ users: ["alice"], client_msg_id: "welcome-1", text: "Welcome to Parley, alice." });
+    let r = await systemMessage({ users: ["alice"], client_msg_id: "welcome-1", text: "Welcome to Parley, alice." });
     assert.equal(r.status, 200, await r.text());
-    r = await post({ channel: "g:team", client_msg_id: "notice-1", text: "Maintenance tonight at 22:00." });
+    r = await systemMessage({ channel: "g:team", client_msg_id: "notice-1", text: "Maintenance tonight at 22:00." });
     assert.equal(r.status, 200, await r.text());
     await waitMessage(alice, "Maintenance tonight at 22:00.");
     await waitFor(alice, () => [...document.querySelectorAll("#messages li.msg.system .text")].some((el) => el.textContent === "Maintenance tonight at 22:00."));
@@ -478,6 +514,7 @@ async function main() {
     await openConv(alice, dm);
     for (const n of [1, 2, 3]) await send(alice, `While you were away ${n}`);
     await send(carol, "Group news while bob is away");
+    await waitFor(alice, () => document.querySelector('button[data-channel="g:team"] .conv-unread')?.textContent === "1");
     // alice sees bob go offline once the presence timeout has passed
     await tab(alice, "friends");
     await waitFor(alice, () => document.querySelector('#friends-list li[data-user="bob"] .dot')?.dataset.state === "offline");
@@ -556,6 +593,7 @@ async function main() {
     await waitToast(carol, "Message not sent.*member");
     await waitFor(carol, () => document.querySelector("#readonly-note").textContent === "You are no longer a member of this group.");
     assert.match(await text(carol, '#messages li[data-status="failed"] .failure-text'), /^Not sent: /);
+    await carol.page.screenshot({ path: path.join(artifacts, "errors.png") });
   });
 
   await step("bob leaves the group; alice sees it", async () => {
@@ -588,8 +626,96 @@ async function main() {
     assert.equal(await alice.page.evaluate(() => localStorage.getItem("parley.state.v1.alice")), null);
   });
 
-  await step("no page errors, no CSP violations, no unexpected console errors", async () => {
+  await step("alice logs in again: her conversations come back from the inbox", async () => {
+    await fill(alice, "#login-user", "alice");
+    await fill(alice, "#login-password", "alice-password");
+    await alice.page.keyboard.press("Enter");
+    await alice.page.waitForSelector("#chat-view:not([hidden])", { timeout: WAIT_MS });
+    await waitOnline(alice);
+    await alice.page.waitForSelector('#conv-list button[data-channel="sys:alice"]', { timeout: WAIT_MS });
+    const channels = await alice.page.$$eval("#conv-list button", (bs) => bs.map((b) => b.dataset.channel));
+    assert.deepEqual([...channels].sort(), [dm, "g:team", "sys:alice"]);
+    await openConv(alice, dm);
+    await waitMessage(alice, "Written while offline");
+    const seen = await messages(alice);
+    assert.deepEqual(seen.map((m) => m.seq), [1, 2, 3, 4, 5, 6, 7, 8]);
+    await waitStatus(alice, "While you were away 3", "read");
+  });
+
+  await step("bob removes alice as a friend: both lists drop it, and her presence", async () => {
+    await tab(bob, "friends");
+    await bob.page.click('#friends-list li[data-user="alice"] button.danger');
+    await bob.page.waitForFunction(() => !document.querySelector('#friends-list li[data-user="alice"]'), { timeout: WAIT_MS });
+    await tab(alice, "friends");
+    await alice.page.waitForFunction(() => !document.querySelector('#friends-list li[data-user="bob"]'), { timeout: WAIT_MS });
+    await tab(alice, "chats");
+    await alice.page.waitForFunction((ch) => !document.querySelector(`button[data-channel="${ch}"] .dot`), { timeout: WAIT_MS }, dm);
+  });
+
+  await step("a device signed out elsewhere returns to the login form, saying so", async () => {
+    const token = await bob.page.evaluate(() => JSON.parse(sessionStorage.getItem("parley.session")).token);
+    const r = await fetch(`${base}v1/logout`, { method: "POST", headers: { Authorization: `Bearer ${token}` } });
+    assert.equal(r.status, 200);
+    await bob.page.waitForSelector("#login-view:not([hidden])", { timeout: WAIT_MS });
+    assert.match(await text(bob, "#login-error"), /signed out/i);
+    await fill(bob, "#login-password", "bob-password");
+    await bob.page.keyboard.press("Enter");
+    await waitOnline(bob);
+    await bob.page.waitForSelector(`#conv-list button[data-channel="${dm}"]`, { timeout: WAIT_MS });
+  });
+
+  await step("no page errors, no CSP violations, no unexpected console errors or messages", async () => {
     assert.deepEqual(problems, []);
+    const expected = [
+      ["alice", /^Message not sent.*100/],
+      ["carol", /^Message not sent.*not a member/],
+    ];
+    const unexpected = toasts.filter((t) => !expected.some(([name, re]) => name === t.name && re.test(t.text)));
+    assert.deepEqual(unexpected, []);
+    for (const [name, re] of expected) assert.ok(toasts.some((t) => t.name === name && re.test(t.text)), `${name}: ${re}`);
+  });
+
+  await step("with TLS on, the page is served over HTTPS and connects with wss", async () => {
+    const tlsDir = fs.mkdtempSync(path.join(os.tmpdir(), "parley-browser-tls-"));
+    cleanup.push(() => fs.rmSync(tlsDir, { recursive: true, force: true }));
+    const cert = path.join(tlsDir, "cert.pem");
+    const key = path.join(tlsDir, "key.pem");
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-days", "1",
+      "-nodes", "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
+      "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+      "-addext", "basicConstraints=critical,CA:FALSE",
+    ], { stdio: "ignore" });
+    const secure = await startBroker(
+      path.join(tlsDir, "data"),
+      ["--tls-cert", cert, "--tls-key", key, "--wss-addr", "127.0.0.1:0"],
+      "broker-tls.log",
+    );
+    // a browser that trusts the self-signed certificate
+    const tlsBrowser = await puppeteer.launch({
+      executablePath: chromium,
+      headless: true,
+      acceptInsecureCerts: true,
+      args: [
+        ...(process.getuid && process.getuid() === 0 ? ["--no-sandbox"] : []),
+        "--disable-dev-shm-usage",
+        "--ignore-certificate-errors",
+      ],
+    });
+    cleanup.unshift(() => tlsBrowser.close());
+    const erin = await person(tlsBrowser, "erin", PHONE);
+    const sockets = [];
+    const cdp = await erin.page.createCDPSession();
+    await cdp.send("Network.enable");
+    cdp.on("Network.webSocketCreated", (event) => sockets.push(event.url));
+    await register(erin, `https://${secure.http}/`, "erin-password");
+    assert.ok(sockets.length > 0 && sockets.every((url) => url === `wss://${secure.wss}/mqtt`), sockets.join(", "));
+    await tab(erin, "friends");
+    await fill(erin, "#friend-id", "nobody-here");
+    await erin.page.keyboard.press("Enter");
+    await waitToast(erin, "Could not send a friend request to nobody-here");
+    assert.deepEqual(problems, []);
+    assert.deepEqual(toasts.filter((t) => t.name === "erin").length, 1);
   });
 }
 

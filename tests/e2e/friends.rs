@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use parley_proto::v1::{ErrorCode, FriendState};
 use parley_tests::{
-    befriend, collect_envelopes, friend_event_of, inbox_head, next_presence, sync_all, Client,
-    ClientError, TestBroker, WAIT,
+    befriend, collect_envelopes, eventually_async, friend_event_of, inbox_head, next_presence,
+    sync_all, Client, ClientError, TestBroker, WAIT,
 };
 use FriendState::{Friends, Removed, RequestReceived, RequestSent};
 
@@ -499,6 +499,13 @@ async fn query_presence_answers_for_friends_co_members_and_oneself_only() {
     dave.heartbeat().await.unwrap();
     dave.disconnect().await.unwrap();
     let dave_until = now_ms();
+    // offline at once: as soon as dave's connection has read the DISCONNECT
+    let dave_offline = eventually_async(Duration::from_secs(2), || async {
+        let states = alice.query_presence(["dave"]).await.expect("a co-member");
+        !states[0].online
+    })
+    .await;
+    assert!(dave_offline, "dave's DISCONNECT makes him offline at once");
 
     let mut states = alice
         .query_presence(["dave", "alice", "bob", "dave"])

@@ -13,9 +13,15 @@
 //! a pending notification surviving a restart.
 //!
 //! Whether a user is offline is observed with `QueryPresence` (friends or
-//! co-members), never assumed after a fixed sleep. The only timed waits are
-//! short quiet periods proving that nothing more was sent, after a barrier
-//! (a later notification that did arrive) where one exists.
+//! co-members), never assumed after a fixed sleep; that the broker has read
+//! a gateway's answer, with the `parley_push_notifications_total` counters
+//! of `/metrics` (process-wide: nextest runs each test in its own process);
+//! what it has stored, by reading the store of the stopped broker. The only
+//! timed waits are short quiet periods proving that nothing more was sent,
+//! after a barrier (a later notification that did arrive) where one exists.
+//!
+//! `a_device_counts_as_online_as_soon_as_it_has_its_connack` fails on
+//! purpose: it shows a broker bug (see its doc comment).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -38,10 +44,6 @@ const PLATFORM: &str = "com.example.ios";
 /// How long to watch for a notification that must not come, once a later
 /// one (the barrier) has arrived.
 const QUIET: Duration = Duration::from_millis(300);
-
-/// How long the broker may take to act on a gateway's answer (unregister
-/// rejected pushkeys) after the gateway has recorded the request.
-const SETTLE: Duration = Duration::from_millis(500);
 
 /// A broker with [`USERS`] sending notifications to `gateway`, after `tweak`.
 async fn start(
@@ -234,6 +236,38 @@ async fn push_counter(broker: &TestBroker, result: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Polls `/metrics` until `parley_push_notifications_total{result}` has
+/// reached `at_least` (the broker has the gateway's answer).
+async fn until_counted(broker: &TestBroker, result: &str, at_least: f64) {
+    let deadline = Instant::now() + WAIT;
+    while push_counter(broker, result).await < at_least {
+        assert!(
+            Instant::now() < deadline,
+            "push notifications {result} did not reach {at_least}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The pushkeys registered for `user` in the store, read while the broker
+/// is stopped (stopping waits for the push worker), sorted; the broker is
+/// started again (new ports: reconnect clients).
+async fn pushkeys_of(broker: &mut TestBroker, user: &str) -> Vec<String> {
+    let user = user.to_owned();
+    broker
+        .with_store_while_stopped(move |store| {
+            let mut keys: Vec<String> = store
+                .push_registrations(&user)
+                .expect("read the registrations")
+                .into_iter()
+                .map(|(_, registration)| registration.pushkey)
+                .collect();
+            keys.sort();
+            keys
+        })
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dm_to_an_offline_user_is_pushed_with_every_field_and_the_unread_count() {
     let gateway = FakeGateway::start().await;
@@ -366,27 +400,39 @@ async fn no_push_while_the_user_has_an_online_device_nor_to_the_sender() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_keeps_the_user_online_until_the_presence_timeout() {
     let gateway = FakeGateway::start().await;
-    let broker = start(&gateway, |c| c.presence_timeout_secs = 2).await;
+    let broker = start(&gateway, |c| c.presence_timeout_secs = 3).await;
     let alice = broker.client("alice", "laptop").await;
     let bob = registered(&broker, "bob", "phone", "bob-key").await;
     befriend(&alice, &bob).await;
     sign_off(bob, &alice).await;
     let dm = direct_channel("alice", "bob");
 
-    // Bob's tablet connects and loses its connection (no DISCONNECT).
+    // Bob's tablet connects and loses its connection (no DISCONNECT). The
+    // broker writes the CONNACK a moment before it counts the device
+    // online, so wait for that first.
     let tablet = broker.raw_v4("bob", "tablet", true).await;
+    let deadline = Instant::now() + WAIT;
+    while !presence_of(&alice, "bob").await.is_some_and(|p| p.online) {
+        assert!(Instant::now() < deadline, "bob's tablet is online");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     tablet.drop_connection();
     let dropped = Instant::now();
     assert_eq!(send(&alice, &dm, "through a tunnel").await.seq, 1);
-    let state = presence_of(&alice, "bob").await.expect("bob's presence");
+    // Once dropped, bob only goes from online to offline: online after the
+    // Ack means online when the message was planned.
+    let online_after_ack = presence_of(&alice, "bob")
+        .await
+        .expect("bob's presence")
+        .online;
     assert!(
-        state.online || dropped.elapsed() >= Duration::from_secs(2),
-        "bob stays online after a dropped connection"
+        online_after_ack || dropped.elapsed() >= Duration::from_secs(3),
+        "bob stays online after a dropped connection, within the timeout"
     );
 
     until_offline(&alice, "bob").await;
     assert!(
-        dropped.elapsed() >= Duration::from_millis(1500),
+        dropped.elapsed() >= Duration::from_millis(2500),
         "offline only after the presence timeout ({:?})",
         dropped.elapsed()
     );
@@ -394,11 +440,17 @@ async fn a_dropped_connection_keeps_the_user_online_until_the_presence_timeout()
     let pushed = gateway.wait_for_event(&format!("{dm}/2"), WAIT).await;
     assert_eq!(pushed.unread(), 2, "{}", pushed.json);
     tokio::time::sleep(QUIET).await;
-    assert_eq!(
-        event_ids(&gateway),
-        [format!("{dm}/2")],
-        "the message sent while bob was still online was not pushed"
-    );
+    if online_after_ack {
+        assert_eq!(
+            event_ids(&gateway),
+            [format!("{dm}/2")],
+            "the message sent while bob was still online was not pushed"
+        );
+    } else {
+        // A machine so slow that the first send outlasted the timeout:
+        // that message may rightly have been pushed.
+        tracing::warn!("the first send took longer than the presence timeout");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -556,14 +608,8 @@ async fn a_4xx_is_not_retried_and_keeps_the_registration() {
     send(&alice, &dm, "refused").await;
     let refused = gateway.wait_for(1, WAIT).await.remove(0);
     assert_eq!(refused.reply, Reply::status(400));
-    let deadline = Instant::now() + WAIT;
-    while push_counter(&broker, "dropped").await < dropped_before + 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the refusal is counted as dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Counted as dropped: the job is deleted.
+    until_counted(&broker, "dropped", dropped_before + 1.0).await;
     // A retry would come 1 s after the refusal.
     tokio::time::sleep_until(refused.at + Duration::from_millis(1500)).await;
     assert_eq!(gateway.count(), 1, "a 4xx is not retried");
@@ -581,7 +627,7 @@ async fn pushkeys_the_gateway_rejects_are_unregistered() {
         Reply::rejected(&["bob-key"]),
         Reply::rejected(&["bob-tablet-key"]),
     ]);
-    let broker = start(&gateway, |_| {}).await;
+    let mut broker = start(&gateway, |_| {}).await;
     let alice = broker.client("alice", "laptop").await;
     let phone = registered(&broker, "bob", "phone", "bob-key").await;
     let tablet = registered(&broker, "bob", "tablet", "bob-tablet-key").await;
@@ -591,26 +637,38 @@ async fn pushkeys_the_gateway_rejects_are_unregistered() {
     let carol = registered(&broker, "carol", "phone", "carol-key").await;
     befriend(&alice, &carol).await;
     sign_off(carol, &alice).await;
+    drop(alice);
     let dm = direct_channel("alice", "bob");
 
+    // One of two pushkeys rejected: a delivery ("sent"), then unregistered.
+    let sent_before = push_counter(&broker, "sent").await;
+    let alice = broker.client("alice", "laptop").await;
     send(&alice, &dm, "one").await;
     let first = gateway.wait_for(1, WAIT).await.remove(0);
     let mut keys = first.pushkeys();
     keys.sort();
     assert_eq!(keys, ["bob-key", "bob-tablet-key"], "both devices");
-    tokio::time::sleep(SETTLE).await;
-
-    send(&alice, &dm, "two").await;
-    let second = gateway.wait_for(2, WAIT).await.remove(1);
-    assert_eq!(second.event_id(), format!("{dm}/2"));
+    until_counted(&broker, "sent", sent_before + 1.0).await;
+    drop(alice);
+    // Stopping waits for the worker's unregistering: the store has it.
     assert_eq!(
-        second.pushkeys(),
+        pushkeys_of(&mut broker, "bob").await,
         ["bob-tablet-key"],
         "the rejected pushkey is unregistered"
     );
-    tokio::time::sleep(SETTLE).await;
+
+    let rejected_before = push_counter(&broker, "rejected").await;
+    let alice = broker.client("alice", "laptop").await;
+    send(&alice, &dm, "two").await;
+    let second = gateway.wait_for(2, WAIT).await.remove(1);
+    assert_eq!(second.event_id(), format!("{dm}/2"));
+    assert_eq!(second.pushkeys(), ["bob-tablet-key"], "only the one left");
+    until_counted(&broker, "rejected", rejected_before + 1.0).await;
+    drop(alice);
+    assert!(pushkeys_of(&mut broker, "bob").await.is_empty());
 
     // No registration left: no POST for bob; carol's push is the barrier.
+    let alice = broker.client("alice", "laptop").await;
     send(&alice, &dm, "three").await;
     send(&alice, &direct_channel("alice", "carol"), "barrier").await;
     gateway.wait_for_event("dm:alice:carol/1", WAIT).await;
@@ -710,13 +768,14 @@ async fn logout_over_mqtt_or_http_drops_the_devices_push_registration() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ack_never_waits_for_a_hanging_gateway() {
     let gateway = FakeGateway::with_default(Reply::Hang).await;
-    let broker = start(&gateway, |c| c.push_timeout_secs = 2).await;
+    let broker = start(&gateway, |c| c.push_timeout_secs = 3).await;
     let alice = broker.client("alice", "laptop").await;
     let bob = registered(&broker, "bob", "phone", "bob-key").await;
     befriend(&alice, &bob).await;
     sign_off(bob, &alice).await;
     let dm = direct_channel("alice", "bob");
-    let fast = Duration::from_millis(1000);
+    let timeout = Duration::from_secs(3);
+    let fast = Duration::from_millis(1500);
 
     let started = Instant::now();
     send(&alice, &dm, "one").await;
@@ -732,22 +791,24 @@ async fn the_ack_never_waits_for_a_hanging_gateway() {
     let took = started.elapsed();
     assert!(took < fast, "Ack after {took:?} while the gateway hangs");
     assert!(
-        hanging.at.elapsed() < Duration::from_secs(2),
-        "the first POST was still unanswered (within its 2 s timeout) during the send"
+        hanging.at.elapsed() < timeout,
+        "the Ack came while the gateway still held the first POST (within its {timeout:?} timeout)"
+    );
+    assert_eq!(
+        gateway.requests_for(&format!("{dm}/1")).len(),
+        1,
+        "not retried yet"
     );
 
-    // After the timeout (2 s) and the backoff (1 s) it is tried again.
-    let deadline = Instant::now() + WAIT;
-    let retry = loop {
-        if let Some(retry) = gateway.requests_for(&format!("{dm}/1")).get(1) {
-            break retry.clone();
-        }
-        assert!(Instant::now() < deadline, "no retry after the timeout");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // After the timeout and the backoff (1 s) it is tried again.
+    let retry = gateway
+        .wait_for_match("a retry of the first POST", WAIT, |r| {
+            r.event_id() == format!("{dm}/1") && r.at > hanging.at
+        })
+        .await;
     let gap = retry.at - hanging.at;
     assert!(
-        gap >= Duration::from_millis(2500),
+        gap >= timeout + Duration::from_millis(500),
         "the retry comes after the push timeout and the backoff, came after {gap:?}"
     );
 }
@@ -784,10 +845,7 @@ async fn a_pending_notification_survives_a_restart() {
     }
     // Counted once the broker has the answer (and then saves the attempts
     // before it stops).
-    while push_counter(&broker, "retried").await < retried_before + 2.0 {
-        assert!(Instant::now() < deadline, "both failures are counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_counted(&broker, "retried", retried_before + 2.0).await;
     assert!(
         gateway.requests().iter().all(|r| r.event_id() == event),
         "{:?}",
@@ -818,11 +876,7 @@ async fn a_pending_notification_survives_a_restart() {
         .await;
     assert_eq!(delivered.json, failed.json, "the same notification");
     // Once delivered the job is gone: another restart sends nothing more.
-    let deadline = Instant::now() + WAIT;
-    while push_counter(&broker, "sent").await < sent_before + 1.0 {
-        assert!(Instant::now() < deadline, "the delivery is counted");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_counted(&broker, "sent", sent_before + 1.0).await;
     let left = broker
         .with_store_while_stopped(|store| store.push_jobs(0, 100).expect("read").len())
         .await;
@@ -841,4 +895,44 @@ async fn a_pending_notification_survives_a_restart() {
         .filter(|r| r.event_id() == event && r.reply == Reply::ok())
         .collect();
     assert_eq!(delivered.len(), 1, "delivered exactly once");
+}
+
+/// KNOWN BROKER BUG (fails until fixed): `Connection::establish`
+/// (broker/src/mqtt/connection/mod.rs) writes the CONNACK before it calls
+/// `shared.presence.connect(..)`, so for a moment a device that has its
+/// CONNACK is not online yet: `queue_pushes` sees its user offline and a
+/// message sent then is pushed although the device is connected (and
+/// `QueryPresence` says offline). SDK clients hide it (they wait for their
+/// SUBACK); a client that sends at once after the CONNACK does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_counts_as_online_as_soon_as_it_has_its_connack() {
+    let gateway = FakeGateway::start().await;
+    let broker = start(&gateway, |_| {}).await;
+    let alice = broker.client("alice", "laptop").await;
+    let bob = registered(&broker, "bob", "phone", "bob-key").await;
+    befriend(&alice, &bob).await;
+    sign_off(bob, &alice).await;
+    let dm = direct_channel("alice", "bob");
+    // The window is short: try it a number of times.
+    for i in 0..50 {
+        let tablet = broker.raw_v4("bob", &format!("tablet-{i}"), true).await;
+        send(&alice, &dm, "are you there?").await;
+        tablet.disconnect().await;
+        until_offline(&alice, "bob").await;
+    }
+    let carol = registered(&broker, "carol", "phone", "carol-key").await;
+    befriend(&alice, &carol).await;
+    sign_off(carol, &alice).await;
+    send(&alice, &direct_channel("alice", "carol"), "barrier").await;
+    gateway.wait_for_event("dm:alice:carol/1", WAIT).await;
+    tokio::time::sleep(QUIET).await;
+    let pushed: Vec<String> = event_ids(&gateway)
+        .into_iter()
+        .filter(|id| id.starts_with(&dm))
+        .collect();
+    assert!(
+        pushed.is_empty(),
+        "messages sent while bob had a connected device (its CONNACK received) were pushed: \
+         {pushed:?} (the CONNACK is written before the device counts as online)"
+    );
 }

@@ -30,16 +30,18 @@ impl BatchPlan<'_> {
         }
         let mut links = self.links_of(user)?;
         let mut changes = Vec::new();
+        // removals first: they make room under the friend limit
+        for other in &change.remove {
+            let now = self.link(user, other)?;
+            if let Some(planned) = friends::remove(user, other, now) {
+                links.remove(other);
+                changes.push((other.clone(), planned));
+            }
+        }
         for other in &change.add {
             let now = self.link(user, other)?;
             if let Some(planned) = friends::add(user, other, now, links.len(), self.limits)? {
                 links.insert(other.clone());
-                changes.push((other.clone(), planned));
-            }
-        }
-        for other in &change.remove {
-            let now = self.link(user, other)?;
-            if let Some(planned) = friends::remove(user, other, now) {
                 changes.push((other.clone(), planned));
             }
         }
