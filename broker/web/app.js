@@ -426,16 +426,18 @@ function looking() {
   return openChannel && document.visibilityState === "visible";
 }
 
+/** The open conversation is on screen: all of it counts as read here. */
+function markSeen() {
+  const c = looking() && data.convs[openChannel];
+  if (!c || c.lastOther <= c.seen) return false;
+  c.seen = c.lastOther;
+  recomputeUnread(c);
+  return true;
+}
+
 function sendReceipts() {
   if (!client || !client.ready || !data) return;
-  if (looking()) {
-    const c = data.convs[openChannel];
-    if (c && c.lastOther > c.seen) {
-      c.seen = c.lastOther;
-      recomputeUnread(c);
-      render();
-    }
-  }
+  if (markSeen()) changed();
   for (const c of Object.values(data.convs)) {
     if (c.left || c.kind === "other") continue;
     if (c.seen > c.myRead) receipt(c, "READ", c.seen);
@@ -901,6 +903,7 @@ function openConv(channel) {
     $("messages").setAttribute("aria-busy", "true");
     forceBottom = true;
   }
+  if (markSeen()) save();
   renderNow();
   $("messages").setAttribute("aria-busy", "false");
   const c = data.convs[channel];

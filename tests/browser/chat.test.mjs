@@ -11,9 +11,11 @@
 // leave; alice logs out. Writes artifacts/ (screenshots, the broker's log)
 // and, with PARLEY_UPDATE_SCREENSHOT=1, docs/web-client.png.
 //
-// Run: bash tests/browser/run   (or: node tests/browser/chat.test.mjs)
+// Run: bash .ci/browser (installs what is missing, builds the broker), or
+// node tests/browser/chat.test.mjs once both are there.
 // Env: PARLEY_BIN (default $CARGO_TARGET_DIR/debug/parley), CHROMIUM
-// (default /usr/bin/chromium), PARLEY_BROWSER_HEADFUL=1 to watch.
+// (default /usr/bin/chromium), PARLEY_CHROMIUM_NO_SANDBOX=1 (forced when
+// root), PARLEY_BROWSER_HEADFUL=1 to watch, PARLEY_UPDATE_SCREENSHOT=1.
 
 import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
@@ -104,6 +106,29 @@ function startBroker(dataDir, extra = [], logName = "broker.log") {
 }
 
 // ---------------------------------------------------------------- the browser
+
+/**
+ * Starts headless chromium. As root, or where the sandbox cannot start (a
+ * container without user namespaces), it runs with --no-sandbox.
+ */
+async function launch(args = [], options = {}) {
+  const common = ["--disable-dev-shm-usage", ...args];
+  const start = (sandbox) =>
+    puppeteer.launch({
+      executablePath: chromium,
+      headless: process.env.PARLEY_BROWSER_HEADFUL ? false : true,
+      args: sandbox ? common : ["--no-sandbox", ...common],
+      ...options,
+    });
+  const root = process.getuid && process.getuid() === 0;
+  if (root || process.env.PARLEY_CHROMIUM_NO_SANDBOX) return start(false);
+  try {
+    return await start(true);
+  } catch (error) {
+    console.log(`# chromium did not start with its sandbox (${error.message.split("\n")[0]}); retrying with --no-sandbox`);
+    return start(false);
+  }
+}
 
 const pages = [];
 const problems = [];
@@ -274,17 +299,11 @@ async function main() {
   const base = `http://${broker.http}/`;
   console.log(`# broker at ${base} (ws ${broker.ws}), chromium ${chromium}`);
 
-  const browser = await puppeteer.launch({
-    executablePath: chromium,
-    headless: process.env.PARLEY_BROWSER_HEADFUL ? false : true,
-    args: [
-      ...(process.getuid && process.getuid() === 0 ? ["--no-sandbox"] : []),
-      "--disable-dev-shm-usage",
-      "--disable-background-timer-throttling",
-      "--disable-renderer-backgrounding",
-      "--disable-backgrounding-occluded-windows",
-    ],
-  });
+  const browser = await launch([
+    "--disable-background-timer-throttling",
+    "--disable-renderer-backgrounding",
+    "--disable-backgrounding-occluded-windows",
+  ]);
   cleanup.unshift(() => browser.close());
   const alice = await person(browser, "alice", DESKTOP);
   const bob = await person(browser, "bob", PHONE);
@@ -612,9 +631,35 @@ async function main() {
     }
     await showList(bob);
     assert.equal(await bob.page.$eval(".chat", (el) => getComputedStyle(el).display), "none");
+    await bob.page.screenshot({ path: path.join(artifacts, "phone-list.png") });
+    assert.equal(await unreadOf(bob, "g:team"), 0, "bob saw everything in the group before he left");
     await openConv(bob, dm);
     assert.equal(await bob.page.$eval(".sidebar", (el) => getComputedStyle(el).display), "none");
     assert.equal(await alice.page.$eval(".sidebar", (el) => getComputedStyle(el).display), "flex");
+  });
+
+  await step("labels for screen readers: every control has an accessible name", async () => {
+    const unnamed = async (p) => {
+      const tree = await p.page.accessibility.snapshot({ interestingOnly: true });
+      const found = [];
+      const walk = (node) => {
+        if (["button", "textbox", "combobox", "checkbox", "link"].includes(node.role) && !node.name) {
+          found.push(`${p.name}: a ${node.role} without a name`);
+        }
+        for (const child of node.children || []) walk(child);
+      };
+      walk(tree);
+      return found;
+    };
+    await openConv(alice, "g:team");
+    await alice.page.click("#members-btn");
+    const missing = [...(await unnamed(alice))];
+    await alice.page.keyboard.press("Escape");
+    await tab(alice, "friends");
+    missing.push(...(await unnamed(alice)), ...(await unnamed(bob)), ...(await unnamed(carol)));
+    assert.deepEqual(missing, []);
+    const log = await alice.page.$eval("#messages", (el) => [el.getAttribute("role"), el.getAttribute("aria-labelledby")]);
+    assert.deepEqual(log, ["log", "chat-title"]);
   });
 
   await step("alice logs out: the login form is back, bob sees her offline at once", async () => {
@@ -662,6 +707,15 @@ async function main() {
     await bob.page.keyboard.press("Enter");
     await waitOnline(bob);
     await bob.page.waitForSelector(`#conv-list button[data-channel="${dm}"]`, { timeout: WAIT_MS });
+    // the same while offline: the reconnection is refused (CONNACK), and said so
+    const again = await bob.page.evaluate(() => JSON.parse(sessionStorage.getItem("parley.session")).token);
+    await bob.page.setOfflineMode(true);
+    await waitFor(bob, () => document.querySelector("#conn").dataset.state === "offline");
+    const r2 = await fetch(`${base}v1/logout`, { method: "POST", headers: { Authorization: `Bearer ${again}` } });
+    assert.equal(r2.status, 200);
+    await bob.page.setOfflineMode(false);
+    await bob.page.waitForSelector("#login-view:not([hidden])", { timeout: WAIT_MS });
+    assert.match(await text(bob, "#login-error"), /signed out: the session is no longer valid/i);
   });
 
   await step("no page errors, no CSP violations, no unexpected console errors or messages", async () => {
@@ -692,16 +746,7 @@ async function main() {
       "broker-tls.log",
     );
     // a browser that trusts the self-signed certificate
-    const tlsBrowser = await puppeteer.launch({
-      executablePath: chromium,
-      headless: true,
-      acceptInsecureCerts: true,
-      args: [
-        ...(process.getuid && process.getuid() === 0 ? ["--no-sandbox"] : []),
-        "--disable-dev-shm-usage",
-        "--ignore-certificate-errors",
-      ],
-    });
+    const tlsBrowser = await launch(["--ignore-certificate-errors"], { acceptInsecureCerts: true });
     cleanup.unshift(() => tlsBrowser.close());
     const erin = await person(tlsBrowser, "erin", PHONE);
     const sockets = [];

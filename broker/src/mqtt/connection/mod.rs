@@ -245,7 +245,11 @@ impl Connection {
         if packet.codec.write(connack, &mut wbuf).is_err() {
             return None;
         }
+        // Online before the CONNACK leaves: a device that has its CONNACK
+        // and sends at once must already count (no push, QueryPresence).
+        let mut presence = shared.presence.connect(&client.user, &client.device);
         if io.write_all(&wbuf).await.is_err() {
+            presence.leave(Departure::Graceful);
             return None;
         }
         m::connection_opened();
@@ -256,7 +260,6 @@ impl Connection {
             "connected"
         );
         let limits = DeviceLimits::new(&shared.config);
-        let presence = shared.presence.connect(&client.user, &client.device);
         let mut connection = Connection {
             io,
             codec: packet.codec,
