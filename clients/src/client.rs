@@ -88,7 +88,7 @@ impl Client {
         let mut network = NetworkOptions::new();
         network.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
         // small request publishes must not wait for delayed ACKs (~40 ms)
-        network.set_tcp_nodelay(true);
+        network.set_tcp_nodelay(opts.tcp_nodelay);
         eventloop.set_network_options(network);
 
         let (connack_tx, connack_rx) = oneshot::channel();

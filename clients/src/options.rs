@@ -102,6 +102,11 @@ pub struct ClientOptions {
     pub presence_capacity: usize,
     /// Largest MQTT packet accepted or sent, in bytes (default 16 MiB).
     pub max_packet_size: usize,
+    /// Set TCP_NODELAY on the socket (default `true`: a small request
+    /// publish does not wait for the broker's delayed ACK). Many mobile and
+    /// browser MQTT stacks leave Nagle's algorithm on; the benchmark turns
+    /// this off to measure as they do.
+    pub tcp_nodelay: bool,
 }
 
 impl ClientOptions {
@@ -140,6 +145,7 @@ impl ClientOptions {
             presence: false,
             presence_capacity: 4_096,
             max_packet_size: 16 * 1024 * 1024,
+            tcp_nodelay: true,
         }
     }
 
@@ -226,6 +232,12 @@ impl ClientOptions {
     /// Sets [`ClientOptions::presence_capacity`].
     pub fn presence_capacity(mut self, capacity: usize) -> Self {
         self.presence_capacity = capacity;
+        self
+    }
+
+    /// Sets [`ClientOptions::tcp_nodelay`].
+    pub fn tcp_nodelay(mut self, nodelay: bool) -> Self {
+        self.tcp_nodelay = nodelay;
         self
     }
 

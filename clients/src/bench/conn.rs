@@ -22,7 +22,8 @@ pub(crate) fn options(
             .keep_alive_secs(args.keep_alive)
             .request_timeout(Duration::from_secs(args.drain_secs.max(10)))
             .connect_timeout(Duration::from_secs(30))
-            .inbox_capacity(4096),
+            .inbox_capacity(4096)
+            .tcp_nodelay(args.tcp_nodelay),
     )
 }
 

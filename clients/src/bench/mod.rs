@@ -154,6 +154,10 @@ pub struct BenchArgs {
     /// Unacknowledged sends per sender before it waits (latency still counts from the due time).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_outstanding: u32,
+    /// TCP_NODELAY on the load generator's sockets (`false`: Nagle's
+    /// algorithm on, as in MQTT.js on Node and many mobile MQTT libraries).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub tcp_nodelay: bool,
     /// MQTT keep-alive of every connection, seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
     pub keep_alive: u16,

@@ -156,6 +156,7 @@ async fn connect_raw(
     let (client, mut eventloop) = AsyncClient::new(opts.to_mqtt_options()?, capacity);
     let mut network = NetworkOptions::new();
     network.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    network.set_tcp_nodelay(opts.tcp_nodelay);
     eventloop.set_network_options(network);
     loop {
         if let Event::Incoming(Incoming::ConnAck(_)) = eventloop.poll().await? {
