@@ -41,7 +41,7 @@ impl Connection {
             };
             let entry = (filter.path, qos as u8);
             // MQTT sends retained messages on every SUBSCRIBE, new or repeated
-            presence_added |= super::is_presence_filter(&entry.0);
+            presence_added |= is_presence_filter(&entry.0);
             if !self.subscriptions.contains(&entry) {
                 self.subscriptions.retain(|(path, _)| *path != entry.0);
                 self.subscriptions.push(entry);
@@ -108,7 +108,7 @@ impl Connection {
         let presence = self
             .subscriptions
             .iter()
-            .filter(|(filter, _)| super::is_presence_filter(filter))
+            .filter(|(filter, _)| is_presence_filter(filter))
             .map(|(filter, qos)| (filter.clone(), qos_of(*qos)))
             .collect();
         self.outbox.set_presence_filters(&self.user, presence);
@@ -122,6 +122,12 @@ impl Connection {
             tracing::error!(%error, "cannot save the session's subscriptions");
         }
     }
+}
+
+/// Whether a subscription filter is one of the presence topics (the ACL
+/// admits only `presence/{subject or +}/{own user}`).
+pub(super) fn is_presence_filter(filter: &str) -> bool {
+    filter.starts_with("presence/")
 }
 
 /// The QoS a subscription was granted, as stored in the session (0 or 1).

@@ -1,0 +1,414 @@
+//! A connection's life around its packet loop: accept -> establish
+//! (router, take-over wait, session, presence, CONNACK) and the end: why
+//! it closed ([`Close`]), what the device is told, the Logout linger, the
+//! session saved or (after a logout) dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::stream::FuturesOrdered;
+use parley_chat_logic::ids::ClientId;
+use parley_proto::topics;
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::delivery::CURSOR_FLUSH;
+use super::Connection;
+use crate::chat::TypingLimit;
+use crate::clock::now_ms;
+use crate::metrics as m;
+use crate::mqtt::admission::Connecting;
+use crate::mqtt::codec::Level;
+use crate::mqtt::connect::{self, Accepted, ConnectPacket, Deny, Refusal};
+use crate::mqtt::limits::DeviceLimits;
+use crate::mqtt::outbox::Outbox;
+use crate::mqtt::session::{SessionLease, SessionStart};
+use crate::mqtt::transport::Transport;
+use crate::mqtt::Shared;
+use crate::presence::{Departure, DevicePresence};
+use crate::router::{DeviceLink, Eviction};
+
+/// How long a connection stays open after answering its device's Logout,
+/// unless the device closes first.
+const LOGOUT_LINGER: Duration = Duration::from_millis(500);
+/// How long a new connection waits for the one it replaces to finish.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// Serves one accepted connection until it ends.
+///
+/// The phases before and after the packet loop run as boxed futures: a
+/// task's memory is its largest state, and it should be the loop's, which
+/// every idle connection holds, not the connect or teardown state.
+///
+/// `connecting` counts this connection towards `max_connecting_per_addr`
+/// until its CONNECT is authenticated (or refused).
+pub async fn serve(
+    io: Transport,
+    peer: SocketAddr,
+    connecting: Connecting,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let accepted = Box::pin(connect::accept(io, peer, connecting, &shared)).await;
+    let Some((io, buf, packet, accepted)) = accepted else {
+        return;
+    };
+    let client = &accepted.client;
+    let span = tracing::info_span!("conn", user = %client.user, device = %client.device, %peer);
+    async move {
+        let established = Connection::establish(io, buf, packet, accepted, shared, peer);
+        let Some(mut connection) = Box::pin(established).await else {
+            return;
+        };
+        let close = connection.run(&shutdown).await;
+        Box::pin(connection.finish(close)).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(super) enum Close {
+    Shutdown,
+    TakenOver,
+    /// The device signed out (`Logout`, or `POST /v1/logout`).
+    LoggedOut,
+    /// The account's password changed: this connection's credentials are void.
+    Revoked,
+    PeerClosed,
+    Disconnect,
+    KeepAliveTimeout,
+    Malformed(String),
+    Protocol(String),
+    Io(String),
+    Store(String),
+}
+
+impl std::fmt::Display for Close {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Close::Shutdown => f.write_str("broker shutting down"),
+            Close::TakenOver => f.write_str("session taken over by a new connection"),
+            Close::LoggedOut => f.write_str("logged out"),
+            Close::Revoked => f.write_str("credentials revoked by a password change"),
+            Close::PeerClosed => f.write_str("peer closed the connection"),
+            Close::Disconnect => f.write_str("DISCONNECT"),
+            Close::KeepAliveTimeout => f.write_str("keep-alive timeout"),
+            Close::Malformed(why) => write!(f, "malformed packet: {why}"),
+            Close::Protocol(why) => write!(f, "protocol error: {why}"),
+            Close::Io(why) => write!(f, "i/o error: {why}"),
+            Close::Store(why) => write!(f, "store error: {why}"),
+        }
+    }
+}
+
+/// What establishing claimed before its CONNACK: the device's place in the
+/// router and its session record.
+struct Claimed {
+    link: DeviceLink,
+    start: SessionStart,
+    session: SessionLease,
+}
+
+impl Connection {
+    /// Registers the device, opens its session and sends the CONNACK.
+    pub(super) async fn establish(
+        mut io: Transport,
+        rbuf: BytesMut,
+        packet: ConnectPacket,
+        accepted: Accepted,
+        shared: Arc<Shared>,
+        peer: SocketAddr,
+    ) -> Option<Connection> {
+        let client = &accepted.client;
+        // Register first: envelopes committed from now on reach the live
+        // queue, and the session below reads everything before them.
+        let max_devices = shared.config.max_devices_per_user;
+        let registered = shared
+            .router
+            .register(&client.user, &client.device, max_devices);
+        let Ok(mut link) = registered else {
+            let refusal = Refusal::Connack(packet.codec, Deny::Quota, "max_devices_per_user");
+            connect::refuse(io, peer, Some(&client.to_string()), refusal).await;
+            return None;
+        };
+        let (start, session) = match open_session(&shared, client, &mut link, &packet).await {
+            Ok(opened) => opened,
+            Err(error) => {
+                tracing::error!(%error, "cannot open the session");
+                let refusal =
+                    Refusal::Connack(packet.codec, Deny::Unavailable, "session_unavailable");
+                connect::refuse(io, peer, Some(&client.to_string()), refusal).await;
+                return None;
+            }
+        };
+        let presence = send_connack(&mut io, &packet, &shared, client, start.present).await?;
+        m::connection_opened();
+        tracing::info!(
+            session_present = start.present,
+            durable = start.durable.is_some(),
+            cursor = start.cursor,
+            "connected"
+        );
+        let claimed = Claimed {
+            link,
+            start,
+            session,
+        };
+        let mut connection =
+            Connection::new(io, rbuf, &packet, accepted, shared, claimed, presence);
+        connection.apply_subscriptions();
+        // A resumed session's presence subscriptions get the current state,
+        // as if they were made again: changes while away were not queued.
+        connection.read_retained_presence_if_subscribed();
+        connection.touch();
+        Some(connection)
+    }
+
+    /// The connection's state once its CONNACK is out.
+    fn new(
+        io: Transport,
+        rbuf: BytesMut,
+        packet: &ConnectPacket,
+        accepted: Accepted,
+        shared: Arc<Shared>,
+        claimed: Claimed,
+        presence: DevicePresence,
+    ) -> Connection {
+        let Accepted { client, token } = accepted;
+        let Claimed {
+            link,
+            start,
+            session,
+        } = claimed;
+        let window = connect::window(packet, usize::from(shared.config.inflight_window));
+        let mut outbox = Outbox::new(window, start.cursor);
+        outbox.observe_head(start.inbox_head);
+        let keep_alive = (packet.connect.keep_alive > 0)
+            .then(|| Duration::from_millis(u64::from(packet.connect.keep_alive) * 1500));
+        let limits = DeviceLimits::new(&shared.config);
+        Connection {
+            io,
+            codec: packet.codec,
+            rbuf,
+            wbuf: BytesMut::new(),
+            inbox_topic: topics::inbox(&client.user),
+            reply_topic: topics::reply(&client.user, &client.device),
+            user: client.user,
+            device: client.device,
+            shared,
+            link,
+            presence,
+            outbox,
+            subscriptions: start.subscriptions,
+            durable: start.durable,
+            session: Arc::new(session),
+            token,
+            limits,
+            typing: TypingLimit::default(),
+            logged_out: false,
+            requests: FuturesOrdered::new(),
+            fetch: None,
+            retained: None,
+            keep_alive,
+            last_seen: Instant::now(),
+            cursor_timer: Box::pin(tokio::time::sleep(CURSOR_FLUSH)),
+            cursor_flush_pending: false,
+            cursor_write: None,
+            persisted_cursor: start.cursor,
+        }
+    }
+
+    /// Why the router told this connection to go.
+    pub(super) fn evicted(&self) -> Close {
+        match self.link.live.eviction() {
+            Some(Eviction::LoggedOut) => Close::LoggedOut,
+            Some(Eviction::CredentialsRevoked) => Close::Revoked,
+            Some(Eviction::TakenOver) | None => Close::TakenOver,
+        }
+    }
+
+    /// Ends the connection: tells the device why (v5), saves the session
+    /// (or, after a logout, revokes the token and drops the session), then
+    /// leaves the router (when `self.link` is dropped, last).
+    pub(super) async fn finish(mut self, close: Close) {
+        match &close {
+            Close::PeerClosed
+            | Close::Disconnect
+            | Close::Shutdown
+            | Close::TakenOver
+            | Close::LoggedOut
+            | Close::Revoked => tracing::info!(reason = %close, "disconnected"),
+            _ => tracing::warn!(reason = %close, "connection closed"),
+        }
+        self.hang_up(&close).await;
+        if let Some(write) = self.cursor_write.take() {
+            let _ = write.await;
+        }
+        self.presence.leave(departure(&close));
+        // Save before leaving the router: a successor waits for this link
+        // to be dropped (with `self`, after this function) before it reads
+        // the session.
+        if matches!(close, Close::LoggedOut) {
+            self.sign_out().await;
+        } else if let Some(expiry) = self.durable {
+            if let Err(error) = self.session_snapshot(expiry, now_ms()).save().await {
+                tracing::error!(%error, "cannot save the session at disconnect");
+            }
+        }
+        m::connection_closed();
+    }
+
+    /// Tells the device why it is closed (v5), writes out what is left and
+    /// closes the transport.
+    async fn hang_up(&mut self, close: &Close) {
+        // After the device's own Logout its reply says it all: a DISCONNECT
+        // behind it makes rumqttc drop the reply with a decoding error.
+        if self.codec.level() == Level::V5 && !self.logged_out {
+            if let Some(reason_code) = disconnect_reason(close) {
+                self.write(Packet::Disconnect(Disconnect { reason_code }, None));
+            }
+        }
+        let _ = self.pump_and_flush().await;
+        if self.logged_out {
+            // The Logout's reply is out; give the device a moment to read it
+            // and close first: some clients (rumqttc) drop what they read in
+            // the same batch as the end of the stream.
+            self.io.drain(LOGOUT_LINGER).await;
+        }
+        self.io.close().await;
+    }
+
+    /// A logout's effect that this connection owns: its durable session
+    /// dropped (the token was revoked before the Logout was answered, or by
+    /// `POST /v1/logout`).
+    async fn sign_out(&mut self) {
+        let session = self.session.clone();
+        let deleted = tokio::task::spawn_blocking(move || session.delete()).await;
+        if !matches!(deleted, Ok(Ok(_))) {
+            tracing::error!("cannot drop the session at logout");
+        }
+    }
+
+    pub(super) fn session_snapshot(
+        &self,
+        expiry_secs: u32,
+        disconnected_ms: i64,
+    ) -> SessionSnapshot {
+        SessionSnapshot {
+            session: self.session.clone(),
+            subscriptions: self.subscriptions.clone(),
+            acked: self.outbox.acked_upto(),
+            expiry_secs,
+            disconnected_ms,
+        }
+    }
+}
+
+/// A durable session's state, taken off the connection to be saved.
+pub(super) struct SessionSnapshot {
+    session: Arc<SessionLease>,
+    subscriptions: Vec<(String, u8)>,
+    acked: u64,
+    expiry_secs: u32,
+    disconnected_ms: i64,
+}
+
+impl SessionSnapshot {
+    /// Saves it, unless a newer connection owns the record by now.
+    pub(super) async fn save(self) -> Result<(), String> {
+        tokio::task::spawn_blocking(move || {
+            self.session.save(
+                self.subscriptions,
+                self.acked,
+                self.expiry_secs,
+                self.disconnected_ms,
+            )
+        })
+        .await
+        .map_err(|error| error.to_string())?
+        .map(|_| ())
+        .map_err(|error| error.to_string())
+    }
+}
+
+/// Writes the CONNACK with the device already online; `None` when it could
+/// not be written.
+async fn send_connack(
+    io: &mut Transport,
+    packet: &ConnectPacket,
+    shared: &Shared,
+    client: &ClientId,
+    session_present: bool,
+) -> Option<DevicePresence> {
+    let mut wbuf = BytesMut::new();
+    let connack = connect::connack(
+        packet.codec,
+        session_present,
+        shared.config.max_packet_size,
+        shared.config.receive_maximum,
+    );
+    if packet.codec.write(connack, &mut wbuf).is_err() {
+        return None;
+    }
+    // Online before the CONNACK leaves: a device that has its CONNACK
+    // and sends at once must already count (no push, QueryPresence).
+    let mut presence = shared.presence.connect(&client.user, &client.device);
+    if io.write_all(&wbuf).await.is_err() {
+        presence.leave(Departure::Graceful);
+        return None;
+    }
+    Some(presence)
+}
+
+/// Waits for the connection this one replaces, then opens the device's
+/// session for this connection.
+async fn open_session(
+    shared: &Shared,
+    client: &ClientId,
+    link: &mut DeviceLink,
+    packet: &ConnectPacket,
+) -> Result<(SessionStart, SessionLease), String> {
+    if let Some(predecessor) = link.predecessor.take() {
+        // the connection we replace saves its session first
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
+    }
+    let request = connect::session_request(packet);
+    let sessions = shared.sessions.clone();
+    let (user, device, conn_id) = (client.user.clone(), client.device.clone(), link.conn_id);
+    tokio::task::spawn_blocking(move || sessions.open(&user, &device, conn_id, request, now_ms()))
+        .await
+        .map_err(|error| error.to_string())?
+        .map_err(|error| error.to_string())
+}
+
+/// How the device left, for presence: at once when it said so (DISCONNECT,
+/// Logout) or was told to go for its credentials; after the grace period
+/// when the connection just ended.
+fn departure(close: &Close) -> Departure {
+    match close {
+        Close::Disconnect | Close::LoggedOut | Close::Revoked => Departure::Graceful,
+        _ => Departure::Dropped,
+    }
+}
+
+fn disconnect_reason(close: &Close) -> Option<DisconnectReasonCode> {
+    match close {
+        Close::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+        Close::TakenOver => Some(DisconnectReasonCode::SessionTakenOver),
+        // Not NormalDisconnection: rumqttd writes it with no body, which
+        // rumqttc 0.25 cannot read.
+        Close::LoggedOut => Some(DisconnectReasonCode::AdministrativeAction),
+        Close::Revoked => Some(DisconnectReasonCode::NotAuthorized),
+        Close::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+        Close::Malformed(_) => Some(DisconnectReasonCode::MalformedPacket),
+        Close::Protocol(_) => Some(DisconnectReasonCode::ProtocolError),
+        Close::Store(_) => Some(DisconnectReasonCode::UnspecifiedError),
+        Close::PeerClosed | Close::Disconnect | Close::Io(_) => None,
+    }
+}
