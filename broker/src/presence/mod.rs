@@ -8,6 +8,14 @@
 //! state while the two are friends, so it is computed from the friendships
 //! and last-activity records on subscribe ([`Presence::retained_for`]) and
 //! pushed live to every subscribed device of each friend on every change.
+//!
+//! One order for everything a friend sees: the publisher task handles state
+//! changes, friendship changes and snapshot reads one at a time, and reads
+//! states from what it has published itself (the users it last published
+//! online, and the store, written before each offline change is published),
+//! never from the tracker, which may be ahead of it. So a snapshot holds
+//! exactly the changes published before it, and every later change reaches
+//! the device after it: a device never sees a state older than one it saw.
 //! After a restart nobody is online, so every retained value reads offline
 //! with the stored `last_active_ms`, as the contract says.
 //!
@@ -17,6 +25,7 @@
 
 mod tracker;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +34,7 @@ use parley_proto::v1;
 use parley_proto::v1::FriendState;
 use parley_storage::{StorageError, Store};
 use prost::Message;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,15 +45,27 @@ use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::router::{PresenceUpdate, Router};
 
-/// What the publisher tells friends, in the order it happened.
+/// What the publisher handles, in the order it happened.
 enum Change {
     User(Transition),
-    Friendship { a: String, b: String, friends: bool },
+    Friendship {
+        a: String,
+        b: String,
+        friends: bool,
+    },
+    /// Read the retained presence topics of `observer`.
+    Snapshot {
+        observer: String,
+        done: oneshot::Sender<Result<Vec<PresenceUpdate>, StorageError>>,
+    },
 }
 
 /// The presence service; see the module docs.
 pub struct Presence {
     tracker: Mutex<Tracker>,
+    /// The users the publisher last published online, with the
+    /// `last_active_ms` it published (only the publisher writes it).
+    published_online: Mutex<HashMap<String, i64>>,
     store: Store,
     router: Arc<Router>,
     changes: mpsc::UnboundedSender<Change>,
@@ -67,6 +88,7 @@ impl Presence {
         let (changes, queue) = mpsc::unbounded_channel();
         let presence = Arc::new(Presence {
             tracker: Mutex::new(Tracker::new(timeout_ms)),
+            published_online: Mutex::new(HashMap::new()),
             store,
             router,
             changes,
@@ -114,18 +136,64 @@ impl Presence {
         let _ = self.changes.send(change);
     }
 
-    /// The retained presence topics of `observer`: each friend's current
-    /// state (blocking: reads the store).
-    pub fn retained_for(&self, observer: &str) -> Result<Vec<PresenceUpdate>, StorageError> {
+    /// The retained presence topics of `observer`: each friend's state as
+    /// published so far, read in the publisher's order (see the module docs).
+    pub async fn retained_for(&self, observer: &str) -> Result<Vec<PresenceUpdate>, StorageError> {
+        let (done, answer) = oneshot::channel();
+        let request = Change::Snapshot {
+            observer: observer.to_owned(),
+            done,
+        };
+        if self.changes.send(request).is_err() {
+            return Ok(Vec::new()); // shutting down
+        }
+        answer.await.unwrap_or_else(|_| Ok(Vec::new()))
+    }
+
+    /// The snapshot itself (blocking; in the publisher).
+    fn read_retained(&self, observer: &str) -> Result<Vec<PresenceUpdate>, StorageError> {
         let friends = self.friends_of(observer)?;
         Ok(self
-            .states(&friends)?
+            .published_states(&friends)?
             .into_iter()
             .map(|state| PresenceUpdate {
                 subject: state.user.clone(),
                 payload: Bytes::from(state.encode_to_vec()),
             })
             .collect())
+    }
+
+    /// The states of `users` as published (blocking; in the publisher).
+    fn published_states(&self, users: &[String]) -> Result<Vec<v1::Presence>, StorageError> {
+        let online: Vec<Option<i64>> = {
+            let published = self.published();
+            users
+                .iter()
+                .map(|user| published.get(user).copied())
+                .collect()
+        };
+        let offline: Vec<&str> = users
+            .iter()
+            .zip(&online)
+            .filter(|(_, online)| online.is_none())
+            .map(|(user, _)| user.as_str())
+            .collect();
+        let mut stored = self.store.last_active_many(&offline)?.into_iter();
+        Ok(users
+            .iter()
+            .zip(online)
+            .map(|(user, online)| v1::Presence {
+                user: user.clone(),
+                online: online.is_some(),
+                last_active_ms: online.unwrap_or_else(|| stored.next().flatten().unwrap_or(0)),
+            })
+            .collect())
+    }
+
+    fn published(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.published_online
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The current state of each of `users` (blocking: reads the store for
@@ -192,6 +260,12 @@ impl Presence {
     fn publish_transition(&self, transition: &Transition) -> Result<(), StorageError> {
         self.store
             .set_last_active(&transition.user, transition.last_active_ms)?;
+        match transition.online {
+            true => self
+                .published()
+                .insert(transition.user.clone(), transition.last_active_ms),
+            false => self.published().remove(&transition.user),
+        };
         let state = v1::Presence {
             user: transition.user.clone(),
             online: transition.online,
@@ -213,7 +287,7 @@ impl Presence {
         let pair = [a.to_owned(), b.to_owned()];
         let payloads: Vec<Bytes> = match friends {
             true => self
-                .states(&pair)?
+                .published_states(&pair)?
                 .iter()
                 .map(|state| Bytes::from(state.encode_to_vec()))
                 .collect(),
@@ -312,6 +386,10 @@ async fn publish(
         let published = tokio::task::spawn_blocking(move || match change {
             Change::User(transition) => presence.publish_transition(&transition),
             Change::Friendship { a, b, friends } => presence.publish_friendship(&a, &b, friends),
+            Change::Snapshot { observer, done } => {
+                let _ = done.send(presence.read_retained(&observer));
+                Ok(())
+            }
         })
         .await;
         match published {

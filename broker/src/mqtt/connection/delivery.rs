@@ -147,9 +147,9 @@ impl Connection {
         self.outbox.begin_presence_snapshot();
         let presence = self.shared.presence.clone();
         let user = self.user.clone();
-        self.retained = Some(tokio::task::spawn_blocking(move || {
-            presence.retained_for(&user)
-        }));
+        self.retained = Some(tokio::spawn(
+            async move { presence.retained_for(&user).await },
+        ));
     }
 
     pub(super) fn read_retained_presence_if_subscribed(&mut self) {
