@@ -57,7 +57,7 @@ enum Command {
     /// Manage service accounts in the data dir of a stopped broker.
     #[command(subcommand)]
     Service(ServiceCommand),
-    /// Chat from the command line (send, sync, history, listen, group).
+    /// Chat from the command line (send, sync, history, listen, group, read, typing, friends, presence, push, logout).
     #[command(subcommand)]
     Chat(parley_client::cli::ChatCommand),
 }

@@ -5,13 +5,18 @@
 //! thing and prints JSON, one value per line, on stdout: `send` and `group`
 //! print the `Ack`, `sync` the page `{"events": [...], "more": bool}`,
 //! `history` the page `{"messages": [...], "more": bool}`, and `listen` one
-//! envelope per line until Ctrl-C. A broker error prints
-//! `{"error": {"code", "message"}}` and the command fails.
+//! envelope per line until Ctrl-C (with `--presence`, friends' presence
+//! updates too). `read`, `typing`, `friends`, `push` and `logout` print the
+//! `Ack`; `presence` prints `{"users": [{"user", "online", "last_active_ms"}]}`.
+//! A broker error prints `{"error": {"code", "message"}}` and the command fails.
 //!
 //! ```text
 //! parley chat send --user alice --password pw @bob "hello"      # @bob = dm:alice:bob
-//! parley chat listen --user bob --password pw
+//! parley chat listen --user bob --password pw --presence
 //! parley chat history --user bob --password pw dm:alice:bob --limit 20
+//! parley chat read --user bob --password pw @alice 1            # READ up to seq 1
+//! parley chat friends add --user alice --password pw bob
+//! parley chat presence --user alice --password pw bob
 //! ```
 
 use std::io::Write;
@@ -20,7 +25,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
-use crate::{direct_channel, json, Client, ClientError, ClientOptions, Transport};
+use crate::v1::{Ack, ReceiptKind};
+use crate::{direct_channel, json, Client, ClientError, ClientOptions, PresenceUpdate, Transport};
 
 /// Where and who: the arguments every chat command takes.
 #[derive(Debug, Clone, Args)]
@@ -137,10 +143,87 @@ pub enum ChatCommand {
         /// Stop after this many seconds.
         #[arg(long = "for", value_name = "SECS")]
         for_secs: Option<u64>,
+        /// Also print friends' presence updates, one JSON line each:
+        /// {"presence": {...}, "subject", "retained"} or {"subject", "cleared": true}
+        /// (they do not count toward --count).
+        #[arg(long)]
+        presence: bool,
     },
     /// Create groups and change their members.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Mark CHANNEL read (or delivered) up to SEQ; prints the Ack.
+    Read {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// dm:{a}:{b}, g:{group_id}, or @{user}.
+        channel: String,
+        /// The newest seq read (or delivered).
+        seq: u64,
+        /// A DELIVERED receipt instead of READ.
+        #[arg(long)]
+        delivered: bool,
+    },
+    /// Tell the other members of CHANNEL that you are typing; prints the Ack.
+    Typing {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// dm:{a}:{b}, g:{group_id}, or @{user}.
+        channel: String,
+    },
+    /// Send or accept friend requests, or end friendships.
+    #[command(subcommand)]
+    Friends(FriendsCommand),
+    /// The presence of USERS; prints {"users": [{"user", "online", "last_active_ms"}]}.
+    Presence {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// Yourself, friends or members of your groups.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Register this device for push (an empty TOKEN unregisters it); prints the Ack.
+    Push {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// The push gateway's app id.
+        platform: String,
+        /// The pushkey; "" unregisters.
+        token: String,
+    },
+    /// Sign this device out (revokes the token it connected with); prints the Ack.
+    Logout {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+    },
+}
+
+/// `parley chat friends <command>`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum FriendsCommand {
+    /// Send friend requests to USERS, or accept theirs.
+    Add {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// The users.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// End the friendships (or requests) with USERS.
+    Remove {
+        /// Where and as whom to connect.
+        #[command(flatten)]
+        conn: ConnectArgs,
+        /// The users.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
 }
 
 /// `parley chat group <command>`.
@@ -198,7 +281,14 @@ impl ChatCommand {
             ChatCommand::Send { conn, .. }
             | ChatCommand::Sync { conn, .. }
             | ChatCommand::History { conn, .. }
-            | ChatCommand::Listen { conn, .. } => conn,
+            | ChatCommand::Listen { conn, .. }
+            | ChatCommand::Read { conn, .. }
+            | ChatCommand::Typing { conn, .. }
+            | ChatCommand::Presence { conn, .. }
+            | ChatCommand::Push { conn, .. }
+            | ChatCommand::Logout { conn } => conn,
+            ChatCommand::Friends(FriendsCommand::Add { conn, .. })
+            | ChatCommand::Friends(FriendsCommand::Remove { conn, .. }) => conn,
             ChatCommand::Group(group) => match group {
                 GroupCommand::Create { conn, .. }
                 | GroupCommand::Add { conn, .. }
@@ -218,8 +308,11 @@ pub async fn run(cmd: ChatCommand) -> anyhow::Result<()> {
 pub async fn run_to(cmd: ChatCommand, out: &mut (dyn Write + Send)) -> anyhow::Result<()> {
     let conn = cmd.conn().clone();
     let mut opts = conn.options()?;
-    if let ChatCommand::Listen { durable: true, .. } = cmd {
-        opts = opts.clean_session(false);
+    if let ChatCommand::Listen {
+        durable, presence, ..
+    } = cmd
+    {
+        opts = opts.clean_session(!durable).presence(presence);
     }
     let broker = conn.broker.clone();
     let client = Client::connect(opts)
@@ -274,17 +367,48 @@ async fn execute(
             json::history_page(&page)
         }
         ChatCommand::Listen {
-            count, for_secs, ..
-        } => return listen(client, count, for_secs, out).await,
+            count,
+            for_secs,
+            presence,
+            ..
+        } => return listen(client, count, for_secs, presence, out).await,
         ChatCommand::Group(group) => json::ack(&group_request(client, group).await?),
+        ChatCommand::Read {
+            channel,
+            seq,
+            delivered,
+            ..
+        } => {
+            let kind = match delivered {
+                true => ReceiptKind::Delivered,
+                false => ReceiptKind::Read,
+            };
+            json::ack(&client.receipt(&conn.channel(&channel), seq, kind).await?)
+        }
+        ChatCommand::Typing { channel, .. } => {
+            json::ack(&client.typing(&conn.channel(&channel)).await?)
+        }
+        ChatCommand::Friends(friends) => {
+            let none: [String; 0] = [];
+            let ack = match friends {
+                FriendsCommand::Add { users, .. } => client.change_friends(users, none).await?,
+                FriendsCommand::Remove { users, .. } => client.change_friends(none, users).await?,
+            };
+            json::ack(&ack)
+        }
+        ChatCommand::Presence { users, .. } => {
+            let users = client.query_presence(users).await?;
+            serde_json::json!({ "users": users.iter().map(json::presence).collect::<Vec<_>>() })
+        }
+        ChatCommand::Push {
+            platform, token, ..
+        } => json::ack(&client.register_push(&platform, &token).await?),
+        ChatCommand::Logout { .. } => json::ack(&client.logout().await?),
     };
     print_line(out, &value).map_err(|e| ClientError::Connection(format!("writing output: {e}")))
 }
 
-async fn group_request(
-    client: &Client,
-    cmd: GroupCommand,
-) -> Result<parley_proto::v1::Ack, ClientError> {
+async fn group_request(client: &Client, cmd: GroupCommand) -> Result<Ack, ClientError> {
     let none: [String; 0] = [];
     match cmd {
         GroupCommand::Create {
@@ -303,11 +427,13 @@ async fn group_request(
     }
 }
 
-/// Prints envelopes until Ctrl-C, `count` envelopes, `for_secs` seconds, or the connection ends.
+/// Prints envelopes (and presence updates, with `presence`) until Ctrl-C,
+/// `count` envelopes, `for_secs` seconds, or the connection ends.
 async fn listen(
     client: &Client,
     count: Option<u64>,
     for_secs: Option<u64>,
+    presence: bool,
     out: &mut (dyn Write + Send),
 ) -> Result<(), ClientError> {
     let deadline = for_secs.map(|secs| Instant::now() + Duration::from_secs(secs));
@@ -321,6 +447,13 @@ async fn listen(
         let next = tokio::select! {
             _ = &mut ctrl_c => break,
             next = client.next_envelope(Duration::from_millis(500)) => next?,
+            update = client.next_presence(Duration::from_millis(500)), if presence => {
+                if let Some(update) = update? {
+                    print_line(out, &presence_update(&update))
+                        .map_err(|e| ClientError::Connection(format!("writing output: {e}")))?;
+                }
+                continue;
+            }
         };
         if let Some(envelope) = next {
             print_line(out, &json::envelope(&envelope))
@@ -329,6 +462,19 @@ async fn listen(
         }
     }
     Ok(())
+}
+
+/// A presence update: `{"presence": {...}, "subject", "retained"}`, or
+/// `{"subject", "cleared": true}` when the topic was cleared.
+fn presence_update(update: &PresenceUpdate) -> serde_json::Value {
+    match &update.presence {
+        Some(presence) => serde_json::json!({
+            "presence": json::presence(presence),
+            "subject": update.subject,
+            "retained": update.retained,
+        }),
+        None => serde_json::json!({ "subject": update.subject, "cleared": true }),
+    }
 }
 
 fn print_line(out: &mut (dyn Write + Send), value: &serde_json::Value) -> std::io::Result<()> {
@@ -530,6 +676,288 @@ mod tests {
             cmd.unwrap().conn().options().is_err(),
             "a missing CA file is an error"
         );
+    }
+
+    #[test]
+    fn receipt_typing_friends_presence_push_and_logout_parse() {
+        let base = ["--user", "alice", "--password", "p"];
+        let with = |args: &[&'static str]| {
+            let mut argv = args.to_vec();
+            argv.extend(base);
+            parse(&argv)
+        };
+        match with(&["read", "@bob", "7"]).unwrap() {
+            ChatCommand::Read {
+                conn,
+                channel,
+                seq,
+                delivered,
+            } => assert_eq!(
+                (conn.channel(&channel).as_str(), seq, delivered),
+                ("dm:alice:bob", 7, false)
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            with(&["read", "g:team", "3", "--delivered"]).unwrap(),
+            ChatCommand::Read {
+                seq: 3,
+                delivered: true,
+                ..
+            }
+        ));
+        assert!(with(&["read", "g:team"]).is_err(), "read needs a seq");
+        assert!(with(&["read", "g:team", "x"]).is_err(), "seq is a number");
+        assert!(matches!(
+            with(&["typing", "@bob"]).unwrap(),
+            ChatCommand::Typing { channel, .. } if channel == "@bob"
+        ));
+        match with(&["friends", "add", "bob", "carol"]).unwrap() {
+            ChatCommand::Friends(FriendsCommand::Add { users, .. }) => {
+                assert_eq!(users, ["bob", "carol"])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            with(&["friends", "remove", "bob"]).unwrap(),
+            ChatCommand::Friends(FriendsCommand::Remove { .. })
+        ));
+        assert!(with(&["friends", "add"]).is_err(), "add needs a user");
+        assert!(with(&["presence"]).is_err(), "presence needs a user");
+        match with(&["push", "app", ""]).unwrap() {
+            ChatCommand::Push {
+                platform, token, ..
+            } => assert_eq!((platform.as_str(), token.as_str()), ("app", "")),
+            other => panic!("{other:?}"),
+        }
+        assert!(with(&["push", "app"]).is_err(), "push needs a token");
+        let cmd = with(&["logout"]).unwrap();
+        assert_eq!(cmd.conn().user, "alice");
+        assert!(matches!(
+            with(&["listen", "--presence"]).unwrap(),
+            ChatCommand::Listen { presence: true, .. }
+        ));
+        assert!(matches!(
+            with(&["listen"]).unwrap(),
+            ChatCommand::Listen {
+                presence: false,
+                ..
+            }
+        ));
+    }
+
+    /// Against the fake broker: each new command's request and its one JSON line.
+    mod against_fake_broker {
+        use std::sync::Arc;
+
+        use parley_proto::v1::{
+            envelope, reply, request, Envelope, Error, ErrorCode, Presence, PresenceList, Reply,
+        };
+        use prost::Message;
+        use serde_json::{json, Value};
+
+        use super::*;
+        use crate::fake_broker::{start, Script};
+
+        fn reply_to(user: &str, request_id: &str, body: reply::Body) -> (String, Vec<u8>) {
+            let reply = Reply {
+                request_id: request_id.to_string(),
+                body: Some(body),
+            };
+            (format!("reply/{user}/d"), reply.encode_to_vec())
+        }
+
+        /// Acks echo the request in `channel` (and the receipt kind in `seq`);
+        /// presence of "mallory" is FORBIDDEN; on subscribing, bob's retained
+        /// presence, carol's cleared topic and one inbox envelope.
+        fn script() -> Script {
+            let mut script = Script::answering(|user, req| {
+                let ack = |channel: String, seq: u64| {
+                    let ack = Ack {
+                        channel,
+                        seq,
+                        ts_ms: 1,
+                        duplicate: false,
+                    };
+                    vec![reply_to(user, &req.request_id, reply::Body::Ack(ack))]
+                };
+                match req.body {
+                    Some(request::Body::Receipt(r)) => ack(r.channel, r.seq * 10 + r.kind as u64),
+                    Some(request::Body::Typing(t)) => ack(format!("typing {}", t.channel), 0),
+                    Some(request::Body::ChangeFriends(f)) => {
+                        ack(format!("+{} -{}", f.add.join(","), f.remove.join(",")), 0)
+                    }
+                    Some(request::Body::RegisterPush(p)) => {
+                        ack(format!("push {}/{}", p.platform, p.token), 0)
+                    }
+                    Some(request::Body::Logout(_)) => ack("logout".into(), 0),
+                    Some(request::Body::QueryPresence(q))
+                        if q.users.contains(&"mallory".into()) =>
+                    {
+                        let error = Error {
+                            code: ErrorCode::Forbidden as i32,
+                            message: "not a friend".into(),
+                        };
+                        vec![reply_to(user, &req.request_id, reply::Body::Error(error))]
+                    }
+                    Some(request::Body::QueryPresence(q)) => {
+                        let users = q
+                            .users
+                            .into_iter()
+                            .map(|u| Presence {
+                                online: u == "bob",
+                                user: u,
+                                last_active_ms: 5,
+                            })
+                            .collect();
+                        let list = reply::Body::Presence(PresenceList { users });
+                        vec![reply_to(user, &req.request_id, list)]
+                    }
+                    _ => vec![],
+                }
+            });
+            script.on_subscribe = Some(Arc::new(|user, filters| {
+                let mut out = Vec::new();
+                if filters.contains(&format!("presence/+/{user}")) {
+                    let bob = Presence {
+                        user: "bob".into(),
+                        online: true,
+                        last_active_ms: 3,
+                    };
+                    out.push((format!("presence/bob/{user}"), bob.encode_to_vec(), true));
+                    out.push((format!("presence/carol/{user}"), Vec::new(), false));
+                }
+                if filters.contains(&format!("inbox/{user}")) {
+                    let typing = Envelope {
+                        inbox_seq: 0,
+                        body: Some(envelope::Body::Typing(parley_proto::v1::TypingEvent {
+                            channel: "dm:alice:bob".into(),
+                            user: "bob".into(),
+                        })),
+                    };
+                    out.push((format!("inbox/{user}"), typing.encode_to_vec(), false));
+                }
+                out
+            }));
+            script
+        }
+
+        /// Runs `parley chat ARGS` as alice on device d; the result and the lines printed.
+        async fn chat(broker: &str, args: &[&str]) -> (anyhow::Result<()>, Vec<Value>) {
+            let mut argv = args.to_vec();
+            argv.extend([
+                "--broker",
+                broker,
+                "--user",
+                "alice",
+                "--device",
+                "d",
+                "--password",
+                "pw",
+                "--timeout",
+                "5",
+            ]);
+            let cmd = parse(&argv).unwrap();
+            let mut out = Vec::new();
+            let result = run_to(cmd, &mut out).await;
+            let lines = String::from_utf8(out)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect();
+            (result, lines)
+        }
+
+        async fn ack_of(broker: &str, args: &[&str]) -> (String, u64) {
+            let (result, lines) = chat(broker, args).await;
+            result.unwrap();
+            assert_eq!(lines.len(), 1, "{lines:?}");
+            let ack = &lines[0];
+            assert_eq!(ack["ts_ms"], 1);
+            (
+                ack["channel"].as_str().unwrap().to_string(),
+                ack["seq"].as_u64().unwrap(),
+            )
+        }
+
+        #[tokio::test]
+        async fn new_commands_print_their_acks() {
+            let broker = start(script()).await.to_string();
+            let b = broker.as_str();
+            let read = ReceiptKind::Read as u64;
+            let delivered = ReceiptKind::Delivered as u64;
+            assert_eq!(
+                ack_of(b, &["read", "@bob", "4"]).await,
+                ("dm:alice:bob".into(), 40 + read)
+            );
+            assert_eq!(
+                ack_of(b, &["read", "g:x", "4", "--delivered"]).await,
+                ("g:x".into(), 40 + delivered)
+            );
+            assert_eq!(
+                ack_of(b, &["typing", "@bob"]).await.0,
+                "typing dm:alice:bob"
+            );
+            assert_eq!(
+                ack_of(b, &["friends", "add", "bob", "carol"]).await.0,
+                "+bob,carol -"
+            );
+            assert_eq!(ack_of(b, &["friends", "remove", "bob"]).await.0, "+ -bob");
+            assert_eq!(ack_of(b, &["push", "app", "tok"]).await.0, "push app/tok");
+            assert_eq!(ack_of(b, &["push", "app", ""]).await.0, "push app/");
+            assert_eq!(ack_of(b, &["logout"]).await.0, "logout");
+        }
+
+        #[tokio::test]
+        async fn presence_prints_the_list_or_the_error() {
+            let broker = start(script()).await.to_string();
+            let (result, lines) = chat(&broker, &["presence", "bob", "carol"]).await;
+            result.unwrap();
+            assert_eq!(
+                lines,
+                [json!({"users": [
+                    {"user": "bob", "online": true, "last_active_ms": 5},
+                    {"user": "carol", "online": false, "last_active_ms": 5},
+                ]})]
+            );
+            let (result, lines) = chat(&broker, &["presence", "bob", "mallory"]).await;
+            let err = result.unwrap_err().to_string();
+            assert!(err.contains("FORBIDDEN"), "{err}");
+            assert_eq!(
+                lines,
+                [json!({"error": {"code": "FORBIDDEN", "message": "not a friend"}})]
+            );
+        }
+
+        #[tokio::test]
+        async fn listen_with_presence_prints_presence_lines() {
+            let broker = start(script()).await.to_string();
+            let (result, lines) = chat(&broker, &["listen", "--presence", "--for", "1"]).await;
+            result.unwrap();
+            assert_eq!(lines.len(), 3, "{lines:?}");
+            let typing =
+                json!({"inbox_seq": 0, "typing": {"channel": "dm:alice:bob", "user": "bob"}});
+            assert!(lines.contains(&typing), "{lines:?}");
+            let presence: Vec<&Value> = lines
+                .iter()
+                .filter(|l| l.get("subject").is_some())
+                .collect();
+            assert_eq!(
+                presence,
+                [
+                    &json!({
+                        "presence": {"user": "bob", "online": true, "last_active_ms": 3},
+                        "subject": "bob",
+                        "retained": true,
+                    }),
+                    &json!({"subject": "carol", "cleared": true}),
+                ]
+            );
+            // without --presence, only the envelope
+            let (result, lines) = chat(&broker, &["listen", "--count", "1"]).await;
+            result.unwrap();
+            assert_eq!(lines, [typing]);
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@
 //! - [`ids`]: unique `request_id`s and `client_msg_id`s.
 //! - [`error`]: [`ClientError`], the library's one error type.
 //! - [`json`]: envelopes, messages and replies as JSON, for scripts.
-//! - [`cli`]: `parley chat send|sync|history|listen|group` (the broker's
+//! - [`cli`]: `parley chat send|sync|history|listen|group|read|typing|friends|presence|push|logout` (the broker's
 //!   binary mounts it; `anyhow` is used there, at the edge).
 //! - [`bench`](mod@bench): the `parley-bench` load generator (scenarios `dm`, `group`,
 //!   `idle`, `relay`), with its report; binary in `src/bin/parley-bench.rs`.
