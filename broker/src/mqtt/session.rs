@@ -154,12 +154,20 @@ impl SessionLease {
     }
 
     /// Makes this claim the owner and runs `work` before any other claim can
-    /// write.
+    /// write. Connection ids only grow, so an older connection that comes
+    /// late (a take-over wait that timed out) never takes the record from a
+    /// newer one; holder 0 (a delete without a connection) always wins.
     fn take_over<T>(
         &self,
         work: impl FnOnce(&Store) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let mut owner = self.lease.owner.lock().unwrap_or_else(|e| e.into_inner());
+        if self.holder != 0 && *owner > self.holder {
+            return Err(StorageError::InvalidValue {
+                what: "session",
+                reason: "a newer connection owns this device's session".to_owned(),
+            });
+        }
         *owner = self.holder;
         work(&self.sessions.store)
     }
@@ -298,6 +306,14 @@ mod tests {
             new.save(Vec::new(), 0, NEVER, 7).unwrap(),
             "still the owner"
         );
+    }
+
+    #[test]
+    fn an_older_connection_that_comes_late_cannot_take_the_record_back() {
+        let (_dir, sessions) = sessions();
+        let (_, newer) = sessions.open("alice", "phone", 5, durable(), 0).unwrap();
+        assert!(sessions.open("alice", "phone", 4, durable(), 0).is_err());
+        assert!(newer.set_cursor(0).unwrap(), "the newer one still owns it");
     }
 
     #[test]

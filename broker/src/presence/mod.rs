@@ -26,7 +26,7 @@
 mod tracker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -101,8 +101,10 @@ impl Presence {
 
     /// A device connected: it is online now.
     pub fn connect(self: &Arc<Self>, user: &str, device: &str) -> DevicePresence {
-        let (clock, generation, transition) = self.tracker().connect(user, device, now_ms());
-        self.tell(transition);
+        let mut tracker = self.tracker();
+        let (clock, generation, transition) = tracker.connect(user, device, now_ms());
+        self.tell(&tracker, transition);
+        drop(tracker);
         DevicePresence {
             presence: self.clone(),
             user: user.to_owned(),
@@ -116,8 +118,9 @@ impl Presence {
     /// `user`'s `device` signed out while not connected: offline at once,
     /// even within its grace period.
     pub fn sign_out(&self, user: &str, device: &str) {
-        let transition = self.tracker().sign_out(user, device);
-        self.tell(transition);
+        let mut tracker = self.tracker();
+        let transition = tracker.sign_out(user, device);
+        self.tell(&tracker, transition);
     }
 
     /// Whether `user` has an online device.
@@ -225,10 +228,14 @@ impl Presence {
             .collect())
     }
 
-    /// Writes the last activity of everyone online (at shutdown, blocking).
-    pub fn persist_online(&self) {
+    /// Writes the last activity of the changes never published and of
+    /// everyone online (at shutdown, blocking).
+    fn persist_at_shutdown(&self, unpublished: &[Transition]) {
         let online = self.tracker().online_users();
-        for (user, last_active_ms) in online {
+        let unpublished = unpublished
+            .iter()
+            .map(|t| (t.user.clone(), t.last_active_ms));
+        for (user, last_active_ms) in unpublished.chain(online) {
             if let Err(error) = self.store.set_last_active(&user, last_active_ms) {
                 tracing::warn!(%error, %user, "cannot save the last activity");
             }
@@ -245,14 +252,17 @@ impl Presence {
             .collect())
     }
 
-    fn tell(&self, transition: Option<Transition>) {
+    /// Queues `transition` for the publisher. Called with the tracker still
+    /// locked (`_order`), so changes reach the publisher in the order the
+    /// tracker made them.
+    fn tell(&self, _order: &MutexGuard<'_, Tracker>, transition: Option<Transition>) {
         if let Some(transition) = transition {
             m::presence_changed(transition.online);
             let _ = self.changes.send(Change::User(transition));
         }
     }
 
-    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+    fn tracker(&self) -> MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -321,11 +331,9 @@ impl DevicePresence {
     pub fn seen(&self) {
         let now = now_ms();
         if self.clock.seen(now) {
-            let transition =
-                self.presence
-                    .tracker()
-                    .revive(&self.user, &self.device, self.generation, now);
-            self.presence.tell(transition);
+            let mut tracker = self.presence.tracker();
+            let transition = tracker.revive(&self.user, &self.device, self.generation, now);
+            self.presence.tell(&tracker, transition);
         }
     }
 
@@ -334,11 +342,9 @@ impl DevicePresence {
         if std::mem::replace(&mut self.left, true) {
             return;
         }
-        let transition =
-            self.presence
-                .tracker()
-                .leave(&self.user, &self.device, self.generation, how);
-        self.presence.tell(transition);
+        let mut tracker = self.presence.tracker();
+        let transition = tracker.leave(&self.user, &self.device, self.generation, how);
+        self.presence.tell(&tracker, transition);
     }
 }
 
@@ -362,9 +368,9 @@ async fn sweep(presence: Arc<Presence>, every: Duration, shutdown: CancellationT
             _ = shutdown.cancelled() => return,
             _ = ticks.tick() => {}
         }
-        let transitions = presence.tracker().sweep(now_ms());
-        for transition in transitions {
-            presence.tell(Some(transition));
+        let mut tracker = presence.tracker();
+        for transition in tracker.sweep(now_ms()) {
+            presence.tell(&tracker, Some(transition));
         }
     }
 }
@@ -398,5 +404,12 @@ async fn publish(
             Err(error) => tracing::error!(%error, "presence publisher task failed"),
         }
     }
-    let _ = tokio::task::spawn_blocking(move || presence.persist_online()).await;
+    // Offline changes still queued: their last activity is kept, unpublished.
+    let mut pending = Vec::new();
+    while let Ok(change) = queue.try_recv() {
+        if let Change::User(transition) = change {
+            pending.push(transition);
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || presence.persist_at_shutdown(&pending)).await;
 }

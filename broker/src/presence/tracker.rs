@@ -29,8 +29,10 @@ impl DeviceClock {
     /// Records a packet; true when the device was offline (silent past its
     /// timeout) and the tracker must hear that it is back.
     pub fn seen(&self, now_ms: i64) -> bool {
-        self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
-        !self.online.load(Ordering::Acquire)
+        // SeqCst with the tracker's `expire`: either it sees this packet, or
+        // this sees the device offline and revives it.
+        self.last_seen_ms.fetch_max(now_ms, Ordering::SeqCst);
+        !self.online.load(Ordering::SeqCst)
     }
 
     fn last_seen(&self) -> i64 {
@@ -222,7 +224,15 @@ impl Tracker {
             self.schedule(&due.user, &due.device, due.generation, deadline);
             return None;
         }
-        entry.clock.online.store(false, Ordering::Release);
+        entry.clock.online.store(false, Ordering::SeqCst);
+        // A packet recorded between the check above and that store saw the
+        // device online and asked for no revive: it is still online.
+        let last_seen = entry.clock.last_seen_ms.load(Ordering::SeqCst);
+        if last_seen + timeout > now_ms {
+            entry.clock.online.store(true, Ordering::SeqCst);
+            self.schedule(&due.user, &due.device, due.generation, last_seen + timeout);
+            return None;
+        }
         if !entry.connected {
             self.remove_device(&due.user, &due.device);
         }

@@ -246,11 +246,12 @@ impl Connection {
             | Close::Revoked => tracing::info!(reason = %close, "disconnected"),
             _ => tracing::warn!(reason = %close, "connection closed"),
         }
+        // Offline at once when it should be, not after a slow hang-up.
+        self.presence.leave(departure(&close));
         self.hang_up(&close).await;
         if let Some(write) = self.cursor_write.take() {
             let _ = write.await;
         }
-        self.presence.leave(departure(&close));
         // Save before leaving the router: a successor waits for this link
         // to be dropped (with `self`, after this function) before it reads
         // the session.
