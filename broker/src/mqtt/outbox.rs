@@ -296,6 +296,9 @@ impl Outbox {
     /// Pending presence updates, as far as the window allows; those no
     /// subscription covers are dropped.
     fn pump_presence(&mut self, pumped: &mut Pumped) {
+        if self.presence.pending.is_empty() {
+            return;
+        }
         let subjects: Vec<String> = self.presence.pending.keys().cloned().collect();
         for subject in subjects {
             let Some(qos) = self.presence_qos(&subject) else {

@@ -123,9 +123,13 @@ impl Presence {
         self.tell(&tracker, transition);
     }
 
-    /// Whether `user` has an online device.
-    pub fn is_online(&self, user: &str) -> bool {
-        self.tracker().is_online(user)
+    /// Those of `users` with no online device, under one lock.
+    pub fn offline_among<'u>(&self, users: Vec<&'u String>) -> Vec<&'u String> {
+        let tracker = self.tracker();
+        users
+            .into_iter()
+            .filter(|user| !tracker.is_online(user))
+            .collect()
     }
 
     /// Two users became friends (`friends`) or stopped being friends: both

@@ -176,13 +176,15 @@ impl BatchPlan<'_> {
     /// and with push registrations; jobs commit with the message.
     fn queue_pushes(&mut self, message: &ChatMessage, recipients: &[String]) {
         let Self { services, .. } = *self;
-        for user in recipients {
-            if *user == message.sender
-                || !services.push.has_registrations(user)
-                || services.presence.is_online(user)
-            {
-                continue;
-            }
+        let registered: Vec<&String> = recipients
+            .iter()
+            .filter(|user| **user != message.sender && services.push.has_registrations(user))
+            .collect();
+        if registered.is_empty() {
+            return;
+        }
+        // one look at the tracker for the whole message, not one per member
+        for user in services.presence.offline_among(registered) {
             if !services.push.enabled() {
                 tracing::info!(%user, channel = %message.channel, seq = message.seq,
                     "push gateway not configured: no notification sent");
