@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use parley_chat_logic::channel::Channel;
+use parley_chat_logic::group::Group;
 use parley_chat_logic::{send, ChatError};
 use parley_proto::v1::{FriendState, HistoryPage, PresenceList, SyncPage};
 use parley_storage::Store;
@@ -35,10 +36,7 @@ pub fn history(
     before_seq: u64,
     limit: u32,
 ) -> Result<HistoryPage, ChatError> {
-    let group = match channel {
-        Channel::Group(id) => store.group(id).map_err(internal)?.map(group_from_record),
-        _ => None,
-    };
+    let group = group_of(store, channel)?;
     if let Channel::System(_) = channel {
         // Its owner reads a system channel (only services post to it).
         send::check_reader(user, channel, None)?;
@@ -92,4 +90,13 @@ fn visible_to(store: &Store, user: &str) -> Result<HashSet<String>, ChatError> {
         }
     }
     Ok(visible)
+}
+
+/// The group of a `g:` channel as stored (`None` for other channels or a
+/// group that does not exist).
+pub(super) fn group_of(store: &Store, channel: &Channel) -> Result<Option<Group>, ChatError> {
+    match channel {
+        Channel::Group(id) => Ok(store.group(id).map_err(internal)?.map(group_from_record)),
+        _ => Ok(None),
+    }
 }

@@ -8,8 +8,8 @@ use parley_chat_logic::{send, ChatError};
 use parley_proto::v1::{envelope, Ack, TypingEvent};
 use parley_storage::Store;
 
-use super::engine::{encode_body, encode_envelope, internal};
-use super::plan::{group_from_record, StoreDirectory};
+use super::engine::{encode_body, encode_envelope};
+use super::plan::StoreDirectory;
 use crate::metrics as m;
 use crate::rate::{Bucket, Quota};
 use crate::router::{LiveEnvelope, Router};
@@ -57,10 +57,7 @@ pub fn forward(
     user: &str,
     channel: &Channel,
 ) -> Result<Ack, ChatError> {
-    let group = match channel {
-        Channel::Group(id) => store.group(id).map_err(internal)?.map(group_from_record),
-        _ => None,
-    };
+    let group = super::reads::group_of(store, channel)?;
     let directory = StoreDirectory::new(store);
     let others = send::typing_recipients(user, channel, group.as_ref(), &directory)?;
     let event = envelope::Body::Typing(TypingEvent {

@@ -172,44 +172,21 @@ impl Presence {
 
     /// The states of `users` as published (blocking; in the publisher).
     fn published_states(&self, users: &[String]) -> Result<Vec<v1::Presence>, StorageError> {
-        let online: Vec<Option<i64>> = {
-            let published = self.published();
-            users
-                .iter()
-                .map(|user| published.get(user).copied())
-                .collect()
-        };
-        let offline: Vec<&str> = users
-            .iter()
-            .zip(&online)
-            .filter(|(_, online)| online.is_none())
-            .map(|(user, _)| user.as_str())
-            .collect();
-        let mut stored = self.store.last_active_many(&offline)?.into_iter();
-        Ok(users
-            .iter()
-            .zip(online)
-            .map(|(user, online)| v1::Presence {
-                user: user.clone(),
-                online: online.is_some(),
-                last_active_ms: online.unwrap_or_else(|| stored.next().flatten().unwrap_or(0)),
-            })
-            .collect())
-    }
-
-    fn published(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
-        self.published_online
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The current state of each of `users` (blocking: reads the store for
-    /// those not seen since start).
-    pub fn states(&self, users: &[String]) -> Result<Vec<v1::Presence>, StorageError> {
         let known: Vec<Option<(bool, i64)>> = {
-            let tracker = self.tracker();
-            users.iter().map(|user| tracker.state(user)).collect()
+            let published = self.published();
+            let online = |user: &String| published.get(user).map(|at| (true, *at));
+            users.iter().map(online).collect()
         };
+        self.complete_from_store(users, known)
+    }
+
+    /// `Presence` of each of `users` from what is `known` of them, the rest
+    /// offline with their stored last activity (one multi-get).
+    fn complete_from_store(
+        &self,
+        users: &[String],
+        known: Vec<Option<(bool, i64)>>,
+    ) -> Result<Vec<v1::Presence>, StorageError> {
         let unknown: Vec<&str> = users
             .iter()
             .zip(&known)
@@ -230,6 +207,22 @@ impl Presence {
                 }
             })
             .collect())
+    }
+
+    fn published(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+        self.published_online
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The current state of each of `users` (blocking: reads the store for
+    /// those not seen since start).
+    pub fn states(&self, users: &[String]) -> Result<Vec<v1::Presence>, StorageError> {
+        let known: Vec<Option<(bool, i64)>> = {
+            let tracker = self.tracker();
+            users.iter().map(|user| tracker.state(user)).collect()
+        };
+        self.complete_from_store(users, known)
     }
 
     /// Writes the last activity of the changes never published and of
