@@ -73,7 +73,9 @@ fn unique_prefix() -> String {
     )
 }
 
-pub(crate) fn base36(mut n: u128) -> String {
+/// `n` in base 36 (digits then lower-case letters), shortest form: the
+/// alphabet of ids made here, also used by `parley-bench` for its run ids.
+pub fn base36(mut n: u128) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     if n == 0 {
         return "0".to_string();

@@ -1,5 +1,6 @@
-//! Parley's clients: the SDK on rumqttc, the `parley chat` command line and
-//! the `parley-bench` load generator.
+//! Parley's clients: the SDK on rumqttc and the `parley chat` command line.
+//! (The `parley-bench` load generator is its own crate, `bench/`, on this
+//! SDK.)
 //!
 //! Owns: how a device speaks the chat-over-MQTT contract
 //! (`shared/PROTOCOL.md`, restated in `docs/PROTOCOL.md`) from the client's
@@ -27,8 +28,6 @@
 //! - [`json`]: envelopes, messages and replies as JSON, for scripts.
 //! - [`cli`]: `parley chat send|sync|history|listen|group|read|typing|friends|presence|push|logout` (the broker's
 //!   binary mounts it; `anyhow` is used there, at the edge).
-//! - [`bench`](mod@bench): the `parley-bench` load generator (scenarios `dm`, `group`,
-//!   `idle`, `relay`), with its report; binary in `src/bin/parley-bench.rs`.
 //!
 //! # Example
 //! ```no_run
@@ -57,7 +56,6 @@
 
 #![warn(missing_docs)]
 
-pub mod bench;
 pub mod cli;
 pub mod client;
 mod driver;

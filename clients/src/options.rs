@@ -279,8 +279,10 @@ impl ClientOptions {
         Ok(())
     }
 
-    /// The rumqttc options these stand for; fails only on a bad `tls_ca`.
-    pub(crate) fn to_mqtt_options(&self) -> Result<rumqttc::MqttOptions, ClientError> {
+    /// The rumqttc options these stand for, for callers that drive rumqttc
+    /// themselves (the benchmark's plain-MQTT `relay`); fails only on a bad
+    /// `tls_ca`.
+    pub fn to_mqtt_options(&self) -> Result<rumqttc::MqttOptions, ClientError> {
         let broker = if self.transport.is_websocket() {
             self.ws_url()
         } else {

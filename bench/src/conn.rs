@@ -8,7 +8,7 @@ use tokio::task::JoinSet;
 
 use super::stats::Stats;
 use super::BenchArgs;
-use crate::{Client, ClientError, ClientOptions};
+use parley_client::{Client, ClientError, ClientOptions};
 
 /// The SDK options of one bench connection.
 pub(crate) fn options(
@@ -139,7 +139,7 @@ mod tests {
         assert_eq!(error_kind(&ClientError::Disconnected), "disconnected");
         assert_eq!(
             error_kind(&ClientError::Refused(
-                crate::ConnectReturnCode::NotAuthorized
+                parley_client::ConnectReturnCode::NotAuthorized
             )),
             "refused:NotAuthorized"
         );

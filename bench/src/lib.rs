@@ -54,7 +54,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 
-use crate::options::{parse_broker_addr, Transport};
+use parley_client::options::{parse_broker_addr, Transport};
 pub use report::Report;
 use stats::Stats;
 
@@ -355,7 +355,7 @@ pub(crate) fn run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or_default();
-    crate::ids::base36(millis)
+    parley_client::ids::base36(millis)
 }
 
 /// Waits until every accepted message reached its `recipients`, or the deadline.

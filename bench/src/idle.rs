@@ -9,7 +9,7 @@ use super::conn::{self, error_kind};
 use super::report::Report;
 use super::stats::Stats;
 use super::BenchArgs;
-use crate::Client;
+use parley_client::Client;
 
 /// Time for the broker to settle after the last connection, before its RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);

@@ -1,6 +1,6 @@
 //! `parley-bench-report`: reads the JSON reports `parley-bench` wrote for one
 //! `bench/run` and writes the send -> delivery latency chart (SVG) and the
-//! summary `LATEST.md` that links it. See `parley_client::bench::summary`.
+//! summary `LATEST.md` that links it. See `parley_bench::summary`.
 //!
 //! ```text
 //! parley-bench-report bench/results/runs \
@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use parley_client::bench::report::Report;
-use parley_client::bench::{chart, summary};
+use parley_bench::report::Report;
+use parley_bench::{chart, summary};
 
 /// `parley-bench-report RUNS_DIR [options]`.
 #[derive(Debug, Parser)]

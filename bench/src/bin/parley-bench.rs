@@ -1,5 +1,5 @@
 //! `parley-bench`: drives a running broker with simulated users and reports
-//! throughput, latency and broker memory. See `parley_client::bench`.
+//! throughput, latency and broker memory. See `parley_bench`.
 //!
 //! ```text
 //! parley-bench dm --pairs 100 --rate 23000 --duration 30 --broker 127.0.0.1:1883 \
@@ -8,7 +8,7 @@
 //! ```
 
 use clap::Parser;
-use parley_client::bench::{self, BenchArgs};
+use parley_bench::BenchArgs;
 
 /// The same allocator as the broker's: the load generator shares the
 /// machine with the broker under test, so its own CPU cost matters.
@@ -25,7 +25,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = BenchArgs::parse();
-    let report = bench::run(args).await?;
+    let report = parley_bench::run(args).await?;
     print!("{}", report.to_markdown());
     Ok(())
 }

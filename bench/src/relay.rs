@@ -18,7 +18,7 @@ use super::pacing::Pacer;
 use super::report::Report;
 use super::stats::Stats;
 use super::{conn, payload, BenchArgs};
-use crate::ClientError;
+use parley_client::ClientError;
 
 /// Lead time between the end of the set-up and the first due publish.
 const LEAD_US: u64 = 200_000;
@@ -149,7 +149,7 @@ async fn connect_many(
 
 /// Connects one plain MQTT client and, for a subscriber, subscribes at QoS 1.
 async fn connect_raw(
-    opts: crate::ClientOptions,
+    opts: parley_client::ClientOptions,
     subscription: Option<String>,
 ) -> Result<RawConn, ClientError> {
     let capacity = usize::from(opts.inflight).clamp(16, 10_000);

@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 
 use super::stats::Stats;
 use super::BenchArgs;
-use crate::options::parse_broker_addr;
+use parley_client::options::parse_broker_addr;
 
 /// Kernel receive buffer asked for on every stalled socket (Linux doubles it).
 const RECV_BUFFER: u32 = 4096;

@@ -15,7 +15,7 @@ use super::report::{per_sec, Report};
 use super::stalled;
 use super::stats::Stats;
 use super::{payload, BenchArgs, Scenario};
-use crate::{direct_channel, group_channel, Client};
+use parley_client::{direct_channel, group_channel, Client};
 
 /// Lead time between the end of the set-up and the first due send.
 const LEAD_US: u64 = 200_000;

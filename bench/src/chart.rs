@@ -234,10 +234,10 @@ fn draw(lines: &[Line], backend: SVGBackend) -> Result<(), Box<dyn std::error::E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::stats::Percentile;
+    use crate::stats::Percentile;
 
     fn report(label: &str, scenario: &str, scale_ms: f64) -> Report {
-        let percentiles = crate::bench::stats::PERCENTILES
+        let percentiles = crate::stats::PERCENTILES
             .iter()
             .map(|&percentile| Percentile {
                 percentile,

@@ -263,7 +263,7 @@ fn total_memory_gib(meminfo: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::report::BrokerMemory;
+    use crate::report::BrokerMemory;
 
     fn latency(count: u64, p50_ms: f64, p99_ms: f64) -> LatencySummary {
         LatencySummary {
