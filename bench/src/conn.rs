@@ -16,15 +16,24 @@ pub(crate) fn options(
     user: &str,
     device: &str,
 ) -> Result<ClientOptions, ClientError> {
-    Ok(
-        ClientOptions::parse(&args.broker, user, device, &args.password)?
-            .inflight(args.inflight)
-            .keep_alive_secs(args.keep_alive)
-            .request_timeout(Duration::from_secs(args.drain_secs.max(10)))
-            .connect_timeout(Duration::from_secs(30))
-            .inbox_capacity(4096)
-            .tcp_nodelay(args.tcp_nodelay),
-    )
+    options_with_password(args, user, device, &args.password)
+}
+
+/// The SDK options of one bench connection that logs in with `password`
+/// (a device's own token) instead of `--password`.
+fn options_with_password(
+    args: &BenchArgs,
+    user: &str,
+    device: &str,
+    password: &str,
+) -> Result<ClientOptions, ClientError> {
+    Ok(ClientOptions::parse(&args.broker, user, device, password)?
+        .inflight(args.inflight)
+        .keep_alive_secs(args.keep_alive)
+        .request_timeout(Duration::from_secs(args.drain_secs.max(10)))
+        .connect_timeout(Duration::from_secs(30))
+        .inbox_capacity(4096)
+        .tcp_nodelay(args.tcp_nodelay))
 }
 
 /// Connects every `(user, device)`, at most `--connect-concurrency` at a
@@ -34,10 +43,24 @@ pub(crate) async fn connect_all(
     logins: &[(String, String)],
     stats: &Arc<Stats>,
 ) -> Vec<Result<Client, ClientError>> {
+    let logins: Vec<(String, String, String)> = logins
+        .iter()
+        .map(|(user, device)| (user.clone(), device.clone(), args.password.clone()))
+        .collect();
+    connect_all_with_passwords(args, &logins, stats).await
+}
+
+/// [`connect_all`] for `(user, device, password)` logins, each with its own
+/// password (or token).
+pub(crate) async fn connect_all_with_passwords(
+    args: &BenchArgs,
+    logins: &[(String, String, String)],
+    stats: &Arc<Stats>,
+) -> Vec<Result<Client, ClientError>> {
     let permits = Arc::new(Semaphore::new(args.connect_concurrency as usize));
     let mut tasks = JoinSet::new();
-    for (i, (user, device)) in logins.iter().enumerate() {
-        let opts = options(args, user, device);
+    for (i, (user, device, password)) in logins.iter().enumerate() {
+        let opts = options_with_password(args, user, device, password);
         let permits = permits.clone();
         let stats = stats.clone();
         tasks.spawn(async move {

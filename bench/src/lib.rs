@@ -16,7 +16,15 @@
 //!   connection i logs in as `{prefix}{i mod --idle-users}` on device `idle{i}`.
 //! - `relay`: the reference without a chat layer, for Mosquitto or bare
 //!   rumqttd: the same pairs and payloads as `dm`, as plain MQTT QoS 1
-//!   publishes on `bench/{pair}` to a subscriber.
+//!   publishes on `bench/{pair}` to a subscriber; with `--subscribers N`,
+//!   N subscribers per topic (the fan-out reference for `group`).
+//! - `connect`: a connect storm: `--connections` devices log in over HTTP
+//!   (`--http`) for tokens, then all connect at once with them; reports the
+//!   time until the last is connected and the broker's CPU and RSS
+//!   (module `storm`).
+//!
+//! `--saturate` turns any rate-driven scenario into a search for the
+//! highest rate the broker sustains (module `saturation`).
 //!
 //! The chat scenarios need registered users `{prefix}{i}` with the same
 //! `--password`: create them beforehand with `parley user add bench0
@@ -44,9 +52,12 @@ pub mod payload;
 mod relay;
 pub mod report;
 pub mod rss;
+pub mod saturation;
 mod stalled;
 pub mod stats;
+mod storm;
 pub mod summary;
+pub mod targets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +80,8 @@ pub enum Scenario {
     Idle,
     /// Plain MQTT QoS 1 publish/subscribe (no chat layer).
     Relay,
+    /// Many devices connecting at once with login tokens.
+    Connect,
 }
 
 impl Scenario {
@@ -79,6 +92,7 @@ impl Scenario {
             Scenario::Group => "group",
             Scenario::Idle => "idle",
             Scenario::Relay => "relay",
+            Scenario::Connect => "connect",
         }
     }
 }
@@ -91,12 +105,15 @@ impl Scenario {
     about = "Load generator for Parley (and reference MQTT brokers)"
 )]
 pub struct BenchArgs {
-    /// dm, group, idle or relay.
+    /// dm, group, idle, relay or connect.
     #[arg(value_enum)]
     pub scenario: Scenario,
     /// Broker address: HOST:PORT, or ws://HOST:PORT/mqtt.
     #[arg(long, env = "PARLEY_BROKER", default_value = "127.0.0.1:1883")]
     pub broker: String,
+    /// The broker's HTTP API, HOST:PORT (connect: where devices log in).
+    #[arg(long)]
+    pub http: Option<String>,
     /// Users are {prefix}0, {prefix}1, ...; they must exist for dm, group and idle on Parley.
     #[arg(long, default_value = "bench")]
     pub users_prefix: String,
@@ -111,9 +128,12 @@ pub struct BenchArgs {
     /// Device id of the bench connections (dm, group, relay).
     #[arg(long, default_value = "bench")]
     pub device: String,
-    /// Sender/receiver pairs (dm, relay).
+    /// Sender/receiver pairs (dm, relay); topics for relay.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub pairs: u32,
+    /// Subscribers per topic (relay).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub subscribers: u32,
     /// Extra connections that log in as the dm receivers (device
     /// `stalled{k}`), subscribe to their inbox and never read (dm, TCP only).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=100_000))]
@@ -124,10 +144,10 @@ pub struct BenchArgs {
     /// Members per group, sender included (group).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(2..=500))]
     pub group_size: u32,
-    /// Connections (idle).
+    /// Connections (idle, connect).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connections: u32,
-    /// Distinct users the idle connections log in as.
+    /// Distinct users the idle (and connect) connections log in as.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub idle_users: u32,
     /// Seconds between heartbeats of each idle connection.
@@ -176,6 +196,16 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Search for the highest sustained rate, starting at `--rate` (dm,
+    /// group, relay); each step runs `--duration` seconds.
+    #[arg(long)]
+    pub saturate: bool,
+    /// A saturation step whose send->delivery p99 is above this is not sustained.
+    #[arg(long, default_value_t = 500.0)]
+    pub saturation_p99_ms: f64,
+    /// Most steps of a saturation search.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub saturation_max_steps: u32,
 }
 
 impl BenchArgs {
@@ -190,6 +220,18 @@ impl BenchArgs {
             "--users-prefix must not be empty"
         );
         let (_, _, transport) = parse_broker_addr(&self.broker)?;
+        anyhow::ensure!(
+            self.subscribers == 1 || self.scenario == Scenario::Relay,
+            "--subscribers applies to the relay scenario only"
+        );
+        anyhow::ensure!(
+            !self.saturate || self.sends_messages(),
+            "--saturate applies to dm, group and relay"
+        );
+        anyhow::ensure!(
+            self.scenario != Scenario::Connect || self.http.is_some(),
+            "the connect scenario needs --http HOST:PORT to log the devices in"
+        );
         if self.stalled > 0 {
             anyhow::ensure!(
                 self.scenario == Scenario::Dm,
@@ -203,12 +245,21 @@ impl BenchArgs {
         Ok(())
     }
 
+    /// Whether the scenario sends messages at `--rate`.
+    pub fn sends_messages(&self) -> bool {
+        matches!(
+            self.scenario,
+            Scenario::Dm | Scenario::Group | Scenario::Relay
+        )
+    }
+
     /// The number of connections the scenario opens.
     pub fn connection_count(&self) -> usize {
         match self.scenario {
-            Scenario::Dm | Scenario::Relay => 2 * self.pairs as usize,
+            Scenario::Dm => 2 * self.pairs as usize,
+            Scenario::Relay => (self.pairs * (self.subscribers + 1)) as usize,
             Scenario::Group => (self.groups * self.group_size) as usize,
-            Scenario::Idle => self.connections as usize,
+            Scenario::Idle | Scenario::Connect => self.connections as usize,
         }
     }
 
@@ -229,24 +280,39 @@ impl BenchArgs {
             inflight: self.inflight,
             max_outstanding: self.max_outstanding as usize,
             heartbeat_secs: self.heartbeat_secs,
+            subscribers: self.subscribers as usize,
+            tcp_nodelay: self.tcp_nodelay,
         }
     }
 }
 
-/// Runs one scenario to the end and returns its report (also written to
+/// Runs one scenario to the end (or, with `--saturate`, the search of its
+/// highest sustained rate) and returns its report (also written to
 /// `--json` and `--markdown` when given).
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     args.validate()?;
     warn_about_open_files(args.connection_count() + args.stalled as usize);
+    let report = if args.saturate {
+        saturation::search(&args).await?
+    } else {
+        run_once(&args).await?
+    };
+    write_outputs(&args, &report)?;
+    Ok(report)
+}
+
+/// One run of the scenario at `args.rate`.
+pub(crate) async fn run_once(args: &BenchArgs) -> anyhow::Result<Report> {
     let stats = Arc::new(Stats::new());
     let started_unix_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default();
     let mut report = match args.scenario {
-        Scenario::Dm | Scenario::Group => chat::run(&args, &stats).await?,
-        Scenario::Idle => idle::run(&args, &stats).await?,
-        Scenario::Relay => relay::run(&args, &stats).await?,
+        Scenario::Dm | Scenario::Group => chat::run(args, &stats).await?,
+        Scenario::Idle => idle::run(args, &stats).await?,
+        Scenario::Relay => relay::run(args, &stats).await?,
+        Scenario::Connect => storm::run(args, &stats).await?,
     };
     let (_, _, transport) = parse_broker_addr(&args.broker)?;
     report.scenario = args.scenario.name().to_string();
@@ -262,7 +328,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
     report.started_unix_ms = started_unix_ms;
     report.params = args.params();
     report.wall_secs = stats.now_us() as f64 / 1e6;
-    write_outputs(&args, &report)?;
     Ok(report)
 }
 
@@ -452,10 +517,41 @@ mod tests {
         assert_eq!(args.connection_count(), 150);
         assert_eq!(args.broker_pid, Some(77));
         assert_eq!(args.user(0), "u0");
-        for name in ["dm", "group", "idle", "relay"] {
+        for name in ["dm", "group", "idle", "relay", "connect"] {
             let args = BenchArgs::try_parse_from(["parley-bench", name]).unwrap();
             assert_eq!(args.scenario.name(), name);
         }
+    }
+
+    #[test]
+    fn fan_out_saturation_and_storm_flags() {
+        let parse = |argv: &[&str]| BenchArgs::try_parse_from(argv).unwrap();
+        let fanout = parse(&[
+            "b",
+            "relay",
+            "--pairs",
+            "10",
+            "--subscribers",
+            "100",
+            "--saturate",
+        ]);
+        assert!(fanout.validate().is_ok());
+        assert_eq!(fanout.connection_count(), 1010);
+        assert!(parse(&["b", "dm", "--subscribers", "5"])
+            .validate()
+            .is_err());
+        assert!(parse(&["b", "idle", "--saturate"]).validate().is_err());
+        assert!(parse(&["b", "connect"]).validate().is_err(), "no --http");
+        let storm = parse(&[
+            "b",
+            "connect",
+            "--http",
+            "127.0.0.1:8080",
+            "--connections",
+            "5000",
+        ]);
+        assert!(storm.validate().is_ok());
+        assert_eq!(storm.connection_count(), 5000);
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! QoS 1 publishes on `bench/{i}` that its subscriber receives; the same
 //! pairs, rate and payloads as `dm`, so Mosquitto and bare rumqttd can be
 //! compared with Parley. Send->ack is publish->PUBACK.
+//!
+//! With `--subscribers N`, each of the `--pairs` topics has N subscribers:
+//! one publish reaches N connections, the plain-MQTT reference for `group`
+//! fan-out (a broker's fan-out ceiling is where deliveries/s stop growing).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,12 +40,25 @@ struct RawConn {
     eventloop: EventLoop,
 }
 
+/// Users of topic `pair`: the publisher, then its `fanout` subscribers
+/// (with one subscriber: `2i` and `2i + 1`, the `dm` pairs).
+fn publisher_index(pair: usize, fanout: usize) -> usize {
+    pair * (fanout + 1)
+}
+
 pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<Report> {
     let pairs = args.pairs as usize;
+    let fanout = args.subscribers as usize;
     let before = super::sample_memory(args);
-    let subscribers =
-        connect_many(args, stats, (0..pairs).map(|p| (2 * p + 1, Some(topic(p))))).await?;
-    let publishers = connect_many(args, stats, (0..pairs).map(|p| (2 * p, None))).await?;
+    let subscriptions = (0..pairs)
+        .flat_map(|p| (1..=fanout).map(move |k| (publisher_index(p, fanout) + k, Some(topic(p)))));
+    let subscribers = connect_many(args, stats, subscriptions).await?;
+    let publishers = connect_many(
+        args,
+        stats,
+        (0..pairs).map(|p| (publisher_index(p, fanout), None)),
+    )
+    .await?;
     let connected = super::sample_memory(args);
 
     let send_start_us = stats.now_us() + LEAD_US;
@@ -82,7 +99,7 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     }
     while senders.join_next().await.is_some() {}
     wait_for_acks(stats, drain_deadline).await;
-    super::wait_for_deliveries(stats, 1, drain_deadline).await;
+    super::wait_for_deliveries(stats, fanout as u64, drain_deadline).await;
 
     stop.store(true, Ordering::Relaxed);
     let after = super::sample_memory(args);
@@ -92,8 +109,8 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     while loops.join_next().await.is_some() {}
     let _ = progress.await;
 
-    let mut report = super::chat::report(stats, 1, send_start_us, args.duration);
-    report.connections = 2 * pairs as u64;
+    let mut report = super::chat::report(stats, fanout as u64, send_start_us, args.duration);
+    report.connections = (pairs * (fanout + 1)) as u64;
     report.broker_memory = super::broker_memory(args, before, connected, after, report.connections);
     Ok(report)
 }
@@ -300,5 +317,13 @@ mod tests {
     fn topics_are_per_pair() {
         assert_eq!(topic(0), "bench/0");
         assert_eq!(topic(41), "bench/41");
+    }
+
+    #[test]
+    fn one_subscriber_makes_the_dm_pairs_and_more_share_no_user() {
+        assert_eq!((publisher_index(0, 1), publisher_index(3, 1)), (0, 6));
+        // Topic 1 of a fan-out of 100: publisher 101, subscribers 102..=201.
+        assert_eq!(publisher_index(1, 100), 101);
+        assert_eq!(publisher_index(2, 100), 202);
     }
 }

@@ -32,6 +32,10 @@ pub struct Params {
     pub max_outstanding: usize,
     /// Seconds between heartbeats (`idle`).
     pub heartbeat_secs: u64,
+    /// Subscribers per topic (`relay`; 1 is a pair, 100 the fan-out reference).
+    pub subscribers: usize,
+    /// Whether the load generator's sockets set TCP_NODELAY.
+    pub tcp_nodelay: bool,
 }
 
 /// The broker's resident memory over the run (from `/proc/{pid}/status`).
@@ -113,6 +117,59 @@ pub struct Report {
     pub connect_latency: LatencySummary,
     /// Broker memory, with `--broker-pid`.
     pub broker_memory: Option<BrokerMemory>,
+    /// The `connect` scenario's figures.
+    pub connect_storm: Option<ConnectStorm>,
+    /// The steps of `--saturate`, when the run searched for the highest
+    /// sustained rate (the report's other figures are the best step's).
+    pub saturation: Option<Saturation>,
+}
+
+/// A connect storm: every device connecting at once with its token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ConnectStorm {
+    /// Seconds the HTTP logins took (before the storm, outside its clock).
+    pub logins_secs: f64,
+    /// Seconds from the first CONNECT until the last device was connected
+    /// and subscribed (or had failed).
+    pub all_connected_secs: f64,
+    /// Broker CPU seconds (user + system) over the storm, with `--broker-pid`.
+    pub broker_cpu_secs: Option<f64>,
+    /// `broker_cpu_secs / all_connected_secs`: cores busy on average.
+    pub broker_cpu_cores: Option<f64>,
+}
+
+/// A search for the highest offered rate the broker sustains.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Saturation {
+    /// The highest offered rate that was sustained (msg/s).
+    pub sustained_rate: f64,
+    /// The most messages per second accepted in any step (the throughput
+    /// at saturation).
+    pub max_accepted_per_sec: f64,
+    /// The most deliveries per second in any step.
+    pub max_delivered_per_sec: f64,
+    /// Every step, in the order run.
+    pub steps: Vec<SaturationStep>,
+}
+
+/// One step of a saturation search.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SaturationStep {
+    /// Offered msg/s.
+    pub rate: f64,
+    /// Accepted msg/s.
+    pub accepted_per_sec: f64,
+    /// Deliveries per second.
+    pub delivered_per_sec: f64,
+    /// Send -> delivery p99, ms.
+    pub delivery_p99_ms: f64,
+    /// Errors plus deliveries lost.
+    pub errors_and_lost: u64,
+    /// Whether the broker kept up (see `saturation::sustained`).
+    pub sustained: bool,
 }
 
 /// `count` events over a window: divided by the longer of the scheduled
@@ -171,20 +228,26 @@ impl Report {
         }
         let p = &self.params;
         match self.scenario.as_str() {
+            "relay" if p.subscribers > 1 => rows.push((
+                "topics x subscribers".into(),
+                format!("{} x {}", p.pairs, p.subscribers),
+            )),
             "dm" | "relay" => rows.push(("pairs".into(), p.pairs.to_string())),
+            "connect" => rows.push(("devices".into(), p.connections.to_string())),
             "group" => rows.push((
                 "groups x members".into(),
                 format!("{} x {}", p.groups, p.group_size),
             )),
             _ => rows.push(("heartbeat every".into(), format!("{} s", p.heartbeat_secs))),
         }
-        if self.scenario != "idle" {
+        if self.sends_messages() {
             rows.push(("target rate".into(), format!("{:.0} msg/s", p.rate)));
+            rows.push(("TCP_NODELAY".into(), p.tcp_nodelay.to_string()));
             rows.push(("payload".into(), format!("{} B", p.payload_bytes)));
         }
         rows.push(("duration".into(), format!("{} s", p.duration_secs)));
         rows.push(("sent".into(), self.sent.to_string()));
-        if self.scenario != "idle" {
+        if self.sends_messages() {
             rows.extend([
                 (
                     "accepted".into(),
@@ -247,6 +310,8 @@ impl Report {
                 format!("{:.0} B", m.growth_per_connection_bytes),
             ));
         }
+        rows.extend(self.storm_rows());
+        rows.extend(self.saturation_rows());
         let mut out = String::new();
         let label = if self.label.is_empty() {
             String::new()
@@ -259,6 +324,57 @@ impl Report {
             let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
         }
         out
+    }
+}
+
+impl Report {
+    /// Whether the scenario sends chat messages or publishes (not `idle`
+    /// or `connect`).
+    pub fn sends_messages(&self) -> bool {
+        !matches!(self.scenario.as_str(), "idle" | "connect")
+    }
+
+    fn storm_rows(&self) -> Vec<(String, String)> {
+        let Some(storm) = &self.connect_storm else {
+            return Vec::new();
+        };
+        let cpu = match (storm.broker_cpu_secs, storm.broker_cpu_cores) {
+            (Some(secs), Some(cores)) => format!("{secs:.2} s ({cores:.2} cores)"),
+            _ => "-".to_string(),
+        };
+        vec![
+            (
+                "logins (before the storm)".into(),
+                format!("{:.2} s", storm.logins_secs),
+            ),
+            (
+                "all connected after".into(),
+                format!("{:.2} s", storm.all_connected_secs),
+            ),
+            ("broker CPU over the storm".into(), cpu),
+        ]
+    }
+
+    fn saturation_rows(&self) -> Vec<(String, String)> {
+        let Some(search) = &self.saturation else {
+            return Vec::new();
+        };
+        let steps: Vec<String> = search
+            .steps
+            .iter()
+            .map(|s| format!("{:.0}{}", s.rate, if s.sustained { " ok" } else { " no" }))
+            .collect();
+        vec![
+            (
+                "sustained rate (saturation search)".into(),
+                format!("{:.0} msg/s", search.sustained_rate),
+            ),
+            (
+                "most accepted/s in a step".into(),
+                format!("{:.0}", search.max_accepted_per_sec),
+            ),
+            ("steps (offered msg/s)".into(), steps.join(", ")),
+        ]
     }
 }
 

@@ -1,5 +1,6 @@
-//! Memory of the broker process (from `/proc/{pid}/status`) and the bench's
-//! own open-file limit (from `/proc/self/limits`).
+//! Memory and CPU time of the broker process (from `/proc/{pid}/status` and
+//! `/proc/{pid}/stat`) and the bench's own open-file limit (from
+//! `/proc/self/limits`).
 
 /// Resident memory of a process, in KiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -33,6 +34,27 @@ pub fn parse_status(status: &str) -> Option<Memory> {
         rss_kb,
         peak_kb: field("VmHWM").unwrap_or(rss_kb),
     })
+}
+
+/// Clock ticks per second of `/proc/{pid}/stat`'s times: `USER_HZ`, 100 on
+/// every Linux architecture this runs on.
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system) the process has used so far.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_cpu_seconds(&stat)
+}
+
+/// Parses `utime + stime` of a `/proc/{pid}/stat` line, in seconds. The
+/// command name (field 2) may hold spaces and parentheses, so fields are
+/// counted after its last `)`.
+pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11); // fields 14 and 15
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / USER_HZ)
 }
 
 /// The soft limit on open files of this process, if it can be read.
@@ -69,6 +91,15 @@ mod tests {
             })
         );
         assert_eq!(parse_status("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn parses_cpu_time_after_the_command_name() {
+        let stat =
+            "4242 (par ley) S 1 4242 4242 0 -1 4194560 1000 0 0 0 250 130 0 0 20 0 9 0 100 1 1";
+        assert_eq!(parse_cpu_seconds(stat), Some(3.8));
+        assert_eq!(parse_cpu_seconds("4242 (x) S 1"), None);
+        assert_eq!(parse_cpu_seconds("garbage"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::stats::LatencySummary;
 const BROKER_ORDER: [&str; 3] = ["mosquitto", "rumqttd", "parley"];
 
 /// Scenarios in table order; others follow alphabetically.
-const SCENARIO_ORDER: [&str; 4] = ["relay", "dm", "group", "idle"];
+const SCENARIO_ORDER: [&str; 5] = ["relay", "dm", "group", "idle", "connect"];
 
 /// The reference brokers of the ratios: (label, name shown).
 const REFERENCES: [(&str, &str); 2] = [("mosquitto", "Mosquitto"), ("rumqttd", "rumqttd")];
@@ -61,6 +61,7 @@ pub fn latest_markdown(reports: &[Report], machine: &str, chart: Option<&str>) -
     out.push_str(&figures_table(reports));
     out.push_str("\n## Ratios (same run, same machine)\n\n");
     out.push_str(&ratios_table(reports));
+    out.push_str(&super::targets::targets_markdown(reports));
     out
 }
 
@@ -340,7 +341,8 @@ mod tests {
         reports.push(report("emqx", "relay", 1.0, 1.0));
         reports.push(report("parley", "burst", 1.0, 1.0));
         let md = latest_markdown(&reports, "m", None);
-        let rows: Vec<String> = md
+        let figures = md.split("## Ratios").next().unwrap();
+        let rows: Vec<String> = figures
             .lines()
             .filter(|l| l.starts_with("| ") && !l.starts_with("| broker") && !l.contains("/"))
             .map(|l| l.split(" | ").take(2).collect::<Vec<_>>().join(" "))
