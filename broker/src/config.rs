@@ -20,8 +20,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use parley_chat_logic::limits::Limits;
 use serde::{Deserialize, Serialize};
-use toml::{Table, Value};
+use toml::Value;
+
+mod keys;
+
+use keys::{find_key, key_names, merge, parse_layer, set_from_str, KEYS};
 
 /// The built-in defaults: `config/parley.toml`, embedded.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/parley.toml");
@@ -29,8 +34,6 @@ pub const DEFAULTS_TOML: &str = include_str!("../../config/parley.toml");
 pub const ENV_PREFIX: &str = "PARLEY_";
 /// Environment variable naming the config file (not a key).
 pub const CONFIG_FILE_ENV: &str = "PARLEY_CONFIG";
-/// The highest `max_group_members` a deployment may configure.
-pub const MAX_GROUP_MEMBERS_LIMIT: usize = 500;
 /// The smallest `max_packet_size`: a 100,000-character text is up to 400,000
 /// bytes of UTF-8, plus the request around it.
 pub const MIN_PACKET_SIZE: usize = 524_288;
@@ -106,7 +109,8 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// QoS 1 in-flight window per device when the client sets none.
     pub inflight_window: u16,
-    /// Most members of one group (at most [`MAX_GROUP_MEMBERS_LIMIT`]).
+    /// Most members of one group (at most
+    /// [`MAX_GROUP_MEMBERS_CEILING`](parley_chat_logic::limits::MAX_GROUP_MEMBERS_CEILING)).
     pub max_group_members: usize,
     /// Most distinct users one request may name (`ChangeFriends`,
     /// `QueryPresence`, `SystemMessage.users`).
@@ -164,93 +168,6 @@ impl ConfigError {
             Self::Read { .. } | Self::Syntax { .. } => None,
         }
     }
-}
-
-/// The TOML type a key takes (its range is checked by [`Config::validate`]).
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Text,
-    Addr,
-    Int { max: u64 },
-    Bool,
-}
-
-struct Key {
-    name: &'static str,
-    kind: Kind,
-    optional: bool,
-}
-
-const fn key(name: &'static str, kind: Kind) -> Key {
-    Key {
-        name,
-        kind,
-        optional: false,
-    }
-}
-
-const fn optional(name: &'static str, kind: Kind) -> Key {
-    Key {
-        name,
-        kind,
-        optional: true,
-    }
-}
-
-const U16: Kind = Kind::Int {
-    max: u16::MAX as u64,
-};
-const U32: Kind = Kind::Int {
-    max: u32::MAX as u64,
-};
-
-/// Every key of [`Config`] (a unit test keeps the two in step).
-const KEYS: &[Key] = &[
-    key("data_dir", Kind::Text),
-    key("mqtt_addr", Kind::Addr),
-    key("ws_addr", Kind::Addr),
-    key("http_addr", Kind::Addr),
-    optional("tls_addr", Kind::Addr),
-    optional("wss_addr", Kind::Addr),
-    optional("tls_cert", Kind::Text),
-    optional("tls_key", Kind::Text),
-    key("tls_handshake_timeout_secs", U32),
-    optional("discovery_tcp", Kind::Text),
-    optional("discovery_tls", Kind::Text),
-    optional("discovery_ws", Kind::Text),
-    optional("discovery_wss", Kind::Text),
-    key("token_ttl_secs", U32),
-    key("login_failures_per_user", U32),
-    key("login_failures_per_addr", U32),
-    key("login_failure_window_secs", U32),
-    key("connect_timeout_secs", U32),
-    key("max_connections", U32),
-    key("max_connecting_per_addr", U32),
-    key("max_devices_per_user", U32),
-    key("max_packet_size", U32),
-    key("receive_maximum", U16),
-    key("request_rate", U32),
-    key("request_burst", U32),
-    key("max_subscriptions", U32),
-    key("inflight_window", U16),
-    key("max_group_members", U32),
-    key("max_users_per_request", U32),
-    key("max_friends", U32),
-    key("presence_timeout_secs", U32),
-    optional("push_gateway", Kind::Text),
-    key("push_max_attempts", U32),
-    key("push_timeout_secs", U32),
-    key("allow_password_login", Kind::Bool),
-    key("commit_batch_max", U32),
-    key("log", Kind::Text),
-];
-
-fn key_names() -> String {
-    KEYS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-}
-
-fn find_key(name: &str) -> Option<&'static Key> {
-    KEYS.iter().find(|k| k.name == name)
 }
 
 /// The environment variable that overrides `key`: `PARLEY_` + upper case.
@@ -338,75 +255,76 @@ impl Config {
 
     /// Checks ranges and cross-key rules; the error names the bad key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                message: message.to_owned(),
-            })
-        };
         if self.data_dir.as_os_str().is_empty() {
-            return invalid("data_dir", "must not be empty");
+            return Err(invalid("data_dir", "must not be empty"));
         }
-        for (key, value) in [
-            ("connect_timeout_secs", self.connect_timeout_secs as usize),
-            (
-                "tls_handshake_timeout_secs",
-                self.tls_handshake_timeout_secs as usize,
-            ),
-            ("token_ttl_secs", self.token_ttl_secs as usize),
-            (
-                "login_failures_per_user",
-                self.login_failures_per_user as usize,
-            ),
-            (
-                "login_failures_per_addr",
-                self.login_failures_per_addr as usize,
-            ),
-            (
-                "login_failure_window_secs",
-                self.login_failure_window_secs as usize,
-            ),
-            ("max_connections", self.max_connections),
-            ("max_connecting_per_addr", self.max_connecting_per_addr),
-            ("max_devices_per_user", self.max_devices_per_user),
-            ("receive_maximum", usize::from(self.receive_maximum)),
-            ("request_rate", self.request_rate as usize),
-            ("request_burst", self.request_burst as usize),
-            ("max_subscriptions", self.max_subscriptions),
-            ("inflight_window", usize::from(self.inflight_window)),
-            ("max_group_members", self.max_group_members),
-            ("max_users_per_request", self.max_users_per_request),
-            ("max_friends", self.max_friends),
-            ("presence_timeout_secs", self.presence_timeout_secs as usize),
-            ("push_max_attempts", self.push_max_attempts as usize),
-            ("push_timeout_secs", self.push_timeout_secs as usize),
-            ("commit_batch_max", self.commit_batch_max),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be at least 1");
-            }
-        }
-        if self.max_group_members > MAX_GROUP_MEMBERS_LIMIT {
-            return invalid(
-                "max_group_members",
-                &format!("must be at most {MAX_GROUP_MEMBERS_LIMIT}"),
-            );
-        }
+        self.validate_positive()?;
+        // the chat rules' own limits are checked where they are defined
+        self.chat_limits()
+            .validate()
+            .map_err(|error| ConfigError::Invalid {
+                key: error.field,
+                message: error.message,
+            })?;
         if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE_LIMIT).contains(&self.max_packet_size) {
             let message = format!(
                 "must be between {MIN_PACKET_SIZE} (room for a 100,000-character text) and {MAX_PACKET_SIZE_LIMIT}"
             );
-            return invalid("max_packet_size", &message);
+            return Err(invalid("max_packet_size", message));
         }
         self.validate_listeners()?;
         self.validate_discovery()?;
         if let Some(url) = &self.push_gateway {
             if let Err(message) = crate::push::gateway::parse_gateway_url(url) {
-                return invalid("push_gateway", &message);
+                return Err(invalid("push_gateway", message));
             }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return invalid("log", &format!("is not a valid log filter: {e}"));
+            return Err(invalid("log", format!("is not a valid log filter: {e}")));
+        }
+        Ok(())
+    }
+
+    /// The counts, timeouts and rates that must be at least 1 (the chat
+    /// limits among them are [`Limits::validate`]'s).
+    fn validate_positive(&self) -> Result<(), ConfigError> {
+        let secs = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
+        let count = |value: u32| usize::try_from(value).unwrap_or(usize::MAX);
+        for (key, value) in [
+            ("connect_timeout_secs", secs(self.connect_timeout_secs)),
+            (
+                "tls_handshake_timeout_secs",
+                secs(self.tls_handshake_timeout_secs),
+            ),
+            ("token_ttl_secs", secs(self.token_ttl_secs)),
+            (
+                "login_failures_per_user",
+                count(self.login_failures_per_user),
+            ),
+            (
+                "login_failures_per_addr",
+                count(self.login_failures_per_addr),
+            ),
+            (
+                "login_failure_window_secs",
+                secs(self.login_failure_window_secs),
+            ),
+            ("max_connections", self.max_connections),
+            ("max_connecting_per_addr", self.max_connecting_per_addr),
+            ("max_devices_per_user", self.max_devices_per_user),
+            ("receive_maximum", usize::from(self.receive_maximum)),
+            ("request_rate", count(self.request_rate)),
+            ("request_burst", count(self.request_burst)),
+            ("max_subscriptions", self.max_subscriptions),
+            ("inflight_window", usize::from(self.inflight_window)),
+            ("presence_timeout_secs", secs(self.presence_timeout_secs)),
+            ("push_max_attempts", count(self.push_max_attempts)),
+            ("push_timeout_secs", secs(self.push_timeout_secs)),
+            ("commit_batch_max", self.commit_batch_max),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -499,8 +417,8 @@ impl Config {
     }
 
     /// The chat rules' limits: the configured keys, the rest at their defaults.
-    pub fn chat_limits(&self) -> parley_chat_logic::limits::Limits {
-        parley_chat_logic::limits::Limits {
+    pub fn chat_limits(&self) -> Limits {
+        Limits {
             max_group_members: self.max_group_members,
             max_users_per_request: self.max_users_per_request,
             max_friends: self.max_friends,
@@ -514,92 +432,18 @@ impl Config {
     }
 }
 
+/// An invalid value of `key`, and why.
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self::defaults()
     }
-}
-
-/// Parses one TOML layer and checks each key and value.
-fn parse_layer(text: &str, origin: &str) -> Result<Table, ConfigError> {
-    let table: Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            message: e.to_string(),
-        })?;
-    for (name, value) in &table {
-        let k = find_key(name).ok_or_else(|| ConfigError::UnknownKey {
-            key: name.clone(),
-            origin: origin.to_owned(),
-        })?;
-        check_value(k, value, origin)?;
-    }
-    Ok(table)
-}
-
-fn merge(base: &mut Table, layer: Table) {
-    for (name, value) in layer {
-        base.insert(name, value);
-    }
-}
-
-/// Sets `k` from a string (environment or flag): converted to the key's TOML
-/// type and checked; an empty value unsets an optional key.
-fn set_from_str(table: &mut Table, k: &Key, raw: &str, origin: &str) -> Result<(), ConfigError> {
-    if k.optional && raw.is_empty() {
-        table.remove(k.name);
-        return Ok(());
-    }
-    let bad = |message: String| ConfigError::InvalidValue {
-        key: k.name.to_owned(),
-        origin: origin.to_owned(),
-        message,
-    };
-    let value = match k.kind {
-        Kind::Text | Kind::Addr => Value::String(raw.to_owned()),
-        Kind::Int { .. } => {
-            let n = raw
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| bad(format!("expected a whole number, got {raw:?}")))?;
-            Value::Integer(n)
-        }
-        Kind::Bool => match raw.trim() {
-            "true" => Value::Boolean(true),
-            "false" => Value::Boolean(false),
-            _ => return Err(bad(format!("expected true or false, got {raw:?}"))),
-        },
-    };
-    check_value(k, &value, origin)?;
-    table.insert(k.name.to_owned(), value);
-    Ok(())
-}
-
-/// Checks that `value` has the type (and, for integers, the range of the
-/// Rust type) of key `k`.
-fn check_value(k: &Key, value: &Value, origin: &str) -> Result<(), ConfigError> {
-    let message = match (k.kind, value) {
-        (Kind::Text, Value::String(_)) | (Kind::Bool, Value::Boolean(_)) => return Ok(()),
-        (Kind::Addr, Value::String(s)) => match s.parse::<SocketAddr>() {
-            Ok(_) => return Ok(()),
-            Err(_) => {
-                format!("expected HOST:PORT with an IP address (e.g. 127.0.0.1:1883), got {s:?}")
-            }
-        },
-        (Kind::Int { max }, Value::Integer(n)) => match u64::try_from(*n) {
-            Ok(n) if n <= max => return Ok(()),
-            _ => format!("expected a whole number from 0 to {max}, got {n}"),
-        },
-        (Kind::Text | Kind::Addr, other) => format!("expected a string, got {}", other.type_str()),
-        (Kind::Int { .. }, other) => format!("expected a whole number, got {}", other.type_str()),
-        (Kind::Bool, other) => format!("expected true or false, got {}", other.type_str()),
-    };
-    Err(ConfigError::InvalidValue {
-        key: k.name.to_owned(),
-        origin: origin.to_owned(),
-        message,
-    })
 }
 
 #[cfg(test)]

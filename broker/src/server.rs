@@ -103,46 +103,8 @@ impl Broker {
         let metrics = crate::metrics::install();
         let config = Arc::new(config);
         let store = open_store(&config).await?;
-        let router = Router::new();
         let tasks = TaskTracker::new();
-        let presence = Presence::start(
-            store.clone(),
-            router.clone(),
-            config.presence_timeout(),
-            &shutdown,
-            &tasks,
-        );
-        let limits = config.chat_limits();
-        let engine_config = EngineConfig {
-            limits: limits.clone(),
-            batch_max: config.commit_batch_max,
-            queue: config.commit_batch_max * 4,
-        };
-        let push = Push::start(store.clone(), PushConfig::from_config(&config))?;
-        let outlets = engine::Outlets {
-            router: router.clone(),
-            presence: presence.clone(),
-            push: push.clone(),
-        };
-        let (engine, engine_thread) = engine::spawn(store.clone(), outlets, engine_config)
-            .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
-        let shared = Arc::new(Shared {
-            config: config.clone(),
-            store: store.clone(),
-            router: router.clone(),
-            sessions: crate::mqtt::session::Sessions::new(store.clone()),
-            presence: presence.clone(),
-            auth: crate::auth::Authenticator::new(store.clone(), &config),
-            chat: ChatService {
-                store,
-                engine,
-                limits: Arc::new(limits),
-                router: router.clone(),
-                presence,
-                push: push.clone(),
-            },
-        });
-
+        let services = Services::start(&config, store, &shutdown, &tasks)?;
         let broker = Broker {
             mqtt_addr: local_addr(&bound.mqtt)?,
             ws_addr: local_addr(&bound.ws)?,
@@ -151,29 +113,33 @@ impl Broker {
             wss_addr: bound.wss.as_ref().map(|(l, _)| local_addr(l)).transpose()?,
             shutdown: shutdown.clone(),
             tasks,
-            engine_thread,
-            push,
+            engine_thread: services.engine_thread,
+            push: services.push,
         };
-        let listeners = crate::http::Listeners {
-            tcp: Some(broker.mqtt_addr),
-            tls: broker.tls_addr,
-            ws: Some(broker.ws_addr),
-            wss: broker.wss_addr,
-        };
-        let http_state = crate::http::HttpState::new(shared.clone(), metrics, listeners);
+        let http_state = HttpState::new(services.shared.clone(), metrics, broker.listeners());
         let front = Arc::new(Front {
             admission: Admission::new(config.max_connections, config.max_connecting_per_addr),
             ws_config: websocket_config(config.max_packet_size),
             tls_timeout: config.tls_handshake_timeout(),
-            shared,
+            shared: services.shared,
             tasks: broker.tasks.clone(),
-            shutdown: shutdown.clone(),
+            shutdown,
         });
         let https = tls.map(|tls| (tls.https, config.tls_handshake_timeout()));
         let (http, mqtt_listeners) = bound.into_http_and_mqtt();
         broker.spawn_http(http, http_state, https)?;
         broker.spawn_accept_loops(mqtt_listeners, &front);
         Ok(broker)
+    }
+
+    /// The bound MQTT listeners, as the HTTP API advertises them.
+    fn listeners(&self) -> crate::http::Listeners {
+        crate::http::Listeners {
+            tcp: Some(self.mqtt_addr),
+            tls: self.tls_addr,
+            ws: Some(self.ws_addr),
+            wss: self.wss_addr,
+        }
     }
 
     /// MQTT over TCP.
@@ -244,6 +210,68 @@ impl Broker {
         let engine_thread = self.engine_thread;
         let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
         tracing::info!("broker stopped");
+    }
+}
+
+/// Everything behind the listeners: router, presence, push, the chat
+/// engine and what connections share.
+struct Services {
+    shared: Arc<Shared>,
+    engine_thread: std::thread::JoinHandle<()>,
+    push: Arc<Push>,
+}
+
+impl Services {
+    /// Starts presence, push and the engine thread on `store`.
+    fn start(
+        config: &Arc<Config>,
+        store: Store,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Services, BrokerError> {
+        let router = Router::new();
+        let presence = Presence::start(
+            store.clone(),
+            router.clone(),
+            config.presence_timeout(),
+            shutdown,
+            tasks,
+        );
+        let limits = config.chat_limits();
+        let engine_config = EngineConfig {
+            limits: limits.clone(),
+            batch_max: config.commit_batch_max,
+            queue: config.commit_batch_max * 4,
+        };
+        let push = Push::start(store.clone(), PushConfig::from_config(config))?;
+        let outlets = engine::Outlets {
+            router: router.clone(),
+            presence: presence.clone(),
+            push: push.clone(),
+        };
+        let (engine, engine_thread) = engine::spawn(store.clone(), outlets, engine_config)
+            .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            store: store.clone(),
+            router: router.clone(),
+            sessions: crate::mqtt::session::Sessions::new(store.clone()),
+            presence: presence.clone(),
+            auth: crate::auth::Authenticator::new(store.clone(), config),
+            chat: ChatService {
+                store,
+                engine,
+                limits: Arc::new(limits),
+                router,
+                presence,
+                push: push.clone(),
+            },
+        });
+        Ok(Services {
+            shared,
+            engine_thread,
+            push,
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! human-readable message.
 //!
 //! Every rule in this crate fails with a [`ChatError`]; the broker turns it
-//! into `Reply{error}` with [`ChatError::to_reply`] and changes nothing.
+//! into `Reply{error}` with [`ChatError::to_reply_error`] and changes nothing.
 
 use parley_proto::v1::{self, ErrorCode};
 
@@ -72,14 +72,6 @@ impl ChatError {
             message: self.message.clone(),
         }
     }
-
-    /// A complete error reply to the request `request_id`.
-    pub fn to_reply(&self, request_id: &str) -> v1::Reply {
-        v1::Reply {
-            request_id: request_id.to_owned(),
-            body: Some(v1::reply::Body::Error(self.to_reply_error())),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -116,15 +108,5 @@ mod tests {
         assert_eq!(wire.code, ErrorCode::TooLarge as i32);
         assert_eq!(wire.code, 3);
         assert_eq!(wire.message, "text too long");
-    }
-
-    #[test]
-    fn reply_echoes_the_request_id() {
-        let reply = ChatError::forbidden("no").to_reply("r-7");
-        assert_eq!(reply.request_id, "r-7");
-        match reply.body {
-            Some(v1::reply::Body::Error(e)) => assert_eq!(e.code, ErrorCode::Forbidden as i32),
-            other => panic!("expected an error body, got {other:?}"),
-        }
     }
 }

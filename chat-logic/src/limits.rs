@@ -1,7 +1,6 @@
 //! The limits every request is checked against; the broker builds one
-//! [`Limits`] from its config and passes it in.
-
-use crate::error::ChatError;
+//! [`Limits`] from its config, checks it with [`Limits::validate`] (the one
+//! definition of what a sensible limit is) and passes it in.
 
 /// The largest `max_group_members` the config may set.
 pub const MAX_GROUP_MEMBERS_CEILING: usize = 500;
@@ -57,23 +56,41 @@ impl Default for Limits {
     }
 }
 
+/// A limit that makes no sense: the field at fault (named as the broker's
+/// config key of the same name) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {message}")]
+pub struct InvalidLimit {
+    /// The [`Limits`] field at fault.
+    pub field: &'static str,
+    /// What is wrong with its value, e.g. "must be at least 1".
+    pub message: String,
+}
+
 impl Limits {
-    /// Checks that the limits make sense; `BAD_REQUEST` naming the bad field.
-    pub fn validate(&self) -> Result<(), ChatError> {
+    /// Checks that the limits make sense; the error names the bad field.
+    pub fn validate(&self) -> Result<(), InvalidLimit> {
         if !(1..=MAX_GROUP_MEMBERS_CEILING).contains(&self.max_group_members) {
-            return Err(ChatError::bad_request(format!(
-                "max_group_members must be between 1 and {MAX_GROUP_MEMBERS_CEILING}, got {}",
-                self.max_group_members
-            )));
+            return Err(InvalidLimit {
+                field: "max_group_members",
+                message: format!(
+                    "must be between 1 and {MAX_GROUP_MEMBERS_CEILING}, got {}",
+                    self.max_group_members
+                ),
+            });
         }
         check_positive("max_text_chars", self.max_text_chars)?;
         check_positive("max_client_msg_id_bytes", self.max_client_msg_id_bytes)?;
         check_positive("max_group_name_chars", self.max_group_name_chars)?;
         check_positive("max_users_per_request", self.max_users_per_request)?;
         check_positive("max_friends", self.max_friends)?;
-        check_page("sync", self.default_sync_limit, self.max_sync_limit)?;
         check_page(
-            "history",
+            "default_sync_limit",
+            self.default_sync_limit,
+            self.max_sync_limit,
+        )?;
+        check_page(
+            "default_history_limit",
             self.default_history_limit,
             self.max_history_limit,
         )
@@ -97,18 +114,23 @@ fn page_size(requested: u32, default: u32, max: u32) -> u32 {
     }
 }
 
-fn check_positive(name: &str, value: usize) -> Result<(), ChatError> {
+fn check_positive(field: &'static str, value: usize) -> Result<(), InvalidLimit> {
     if value == 0 {
-        return Err(ChatError::bad_request(format!("{name} must be at least 1")));
+        let message = "must be at least 1".to_owned();
+        return Err(InvalidLimit { field, message });
     }
     Ok(())
 }
 
-fn check_page(kind: &str, default: u32, max: u32) -> Result<(), ChatError> {
+/// A page's default size: at least 1, at most the page's maximum.
+fn check_page(default_field: &'static str, default: u32, max: u32) -> Result<(), InvalidLimit> {
     if default == 0 || default > max {
-        return Err(ChatError::bad_request(format!(
-            "default_{kind}_limit must be between 1 and max_{kind}_limit ({max}), got {default}"
-        )));
+        let max_field = default_field.replacen("default_", "max_", 1);
+        let message = format!("must be between 1 and {max_field} ({max}), got {default}");
+        return Err(InvalidLimit {
+            field: default_field,
+            message,
+        });
     }
     Ok(())
 }
@@ -154,7 +176,8 @@ mod tests {
                 ..Limits::default()
             };
             let error = limits.validate().unwrap_err();
-            assert!(error.message.contains("max_group_members"), "{error}");
+            assert_eq!(error.field, "max_group_members", "{error}");
+            assert!(error.to_string().contains("max_group_members"), "{error}");
         }
     }
 
@@ -164,17 +187,14 @@ mod tests {
             max_text_chars: 0,
             ..Limits::default()
         };
-        assert!(zero_text
-            .validate()
-            .unwrap_err()
-            .message
-            .contains("max_text_chars"));
+        assert_eq!(zero_text.validate().unwrap_err().field, "max_text_chars");
         let bad_page = Limits {
             default_history_limit: 2000,
             ..Limits::default()
         };
         let error = bad_page.validate().unwrap_err();
-        assert!(error.message.contains("default_history_limit"), "{error}");
+        assert_eq!(error.field, "default_history_limit", "{error}");
+        assert!(error.message.contains("max_history_limit"), "{error}");
         let zero_page = Limits {
             default_sync_limit: 0,
             ..Limits::default()
@@ -197,7 +217,7 @@ mod tests {
             ),
         ] {
             let error = limits.validate().unwrap_err();
-            assert!(error.message.contains(name), "{error}");
+            assert_eq!(error.field, name, "{error}");
         }
         let one = Limits {
             max_users_per_request: 1,

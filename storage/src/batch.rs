@@ -1,34 +1,38 @@
-//! Atomic write batches and their commit (the engine's group commit).
+//! Atomic write batches: plain data, planned without the store and applied
+//! by [`Store::commit`] (or [`MemoryStore::apply`](crate::MemoryStore::apply)).
 
 use std::fmt;
 
+use parley_chat_logic::group::Group;
 use parley_proto::v1::ChatMessage;
 use prost::Message as _;
 use rocksdb::WriteBatch;
 
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
-use crate::records::{self, GroupRecord, InboxEntry};
+use crate::records::{self, InboxEntry, UserRecord};
 use crate::store::{write_options, Store};
 
-/// Writes that become visible together, all or none, at
-/// [`Store::commit`]. Dropping a batch without committing it writes nothing.
+/// Writes that become visible together, all or none, when the batch is
+/// committed. A batch is plain data (encoded keys and values, no handle to
+/// a store): planning fills it without touching RocksDB, and dropping it
+/// writes nothing.
 ///
-/// Writes are collected and handed to RocksDB sorted by column family and
-/// key (a stable sort: writes to one key keep their order). A group commit
+/// Writes are applied sorted by column family and key (a stable sort:
+/// writes to one key keep their order, the last one wins). A group commit
 /// interleaves many channels and inboxes; in key order, each memtable
 /// insert starts from where the previous one ended instead of searching
 /// the skip list from the top, which was the engine's largest CPU cost.
+#[derive(Default)]
 pub struct Batch {
-    store: Store,
     writes: Vec<Write>,
 }
 
 /// One put (`Some(value)`) or delete (`None`).
-struct Write {
-    cf: Cf,
-    key: Vec<u8>,
-    value: Option<Vec<u8>>,
+pub(crate) struct Write {
+    pub(crate) cf: Cf,
+    pub(crate) key: Vec<u8>,
+    pub(crate) value: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for Batch {
@@ -40,6 +44,18 @@ impl fmt::Debug for Batch {
 }
 
 impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Creates or replaces the account `id`.
+    pub fn put_user(&mut self, id: &str, user: &UserRecord) -> Result<(), StorageError> {
+        let key = keys::id_key(id)?;
+        self.put(Cf::Users, key, records::to_json("user", user)?);
+        Ok(())
+    }
+
     /// Stores `message` under its `channel` and `seq`.
     pub fn put_message(&mut self, message: &ChatMessage) -> Result<(), StorageError> {
         let key = keys::seq_key(&message.channel, message.seq)?;
@@ -73,9 +89,9 @@ impl Batch {
     }
 
     /// Creates or replaces the group `group.id`.
-    pub fn put_group(&mut self, group: &GroupRecord) -> Result<(), StorageError> {
+    pub fn put_group(&mut self, group: &Group) -> Result<(), StorageError> {
         let key = keys::id_key(&group.id)?;
-        self.put(Cf::Groups, key, records::to_json("group", group)?);
+        self.put(Cf::Groups, key, records::group_to_json(group)?);
         Ok(())
     }
 
@@ -114,43 +130,28 @@ impl Batch {
         });
     }
 
-    /// The RocksDB batch, in column family and key order.
-    fn into_write_batch(mut self) -> Result<WriteBatch, StorageError> {
+    /// The writes in the order they are applied: by column family and key,
+    /// writes to one key in the order they were made.
+    pub(crate) fn into_sorted_writes(mut self) -> Vec<Write> {
         self.writes
-            .sort_by(|a, b| (a.cf as u8, &a.key).cmp(&(b.cf as u8, &b.key)));
-        let mut batch = WriteBatch::default();
-        for write in &self.writes {
-            let cf = self.store.cf(write.cf)?;
-            match &write.value {
-                Some(value) => batch.put_cf(cf, &write.key, value),
-                None => batch.delete_cf(cf, &write.key),
-            }
-        }
-        Ok(batch)
+            .sort_by(|a, b| (a.cf, &a.key).cmp(&(b.cf, &b.key)));
+        self.writes
     }
 }
 
 impl Store {
-    /// An empty batch for this store.
-    pub fn batch(&self) -> Batch {
-        Batch {
-            store: self.clone(),
-            writes: Vec::new(),
-        }
-    }
-
     /// Applies `batch` atomically. With `sync`, returns only once the write
     /// ahead log is on disk (fsync), so the writes survive a crash: commit
     /// many requests in one synced batch to share the fsync.
-    ///
-    /// The batch is written to the store that made it (column families are
-    /// recorded by id, so it must not go anywhere else).
     pub fn commit(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
-        debug_assert!(
-            std::sync::Arc::ptr_eq(&self.db, &batch.store.db),
-            "batch committed to another store"
-        );
-        let writes = batch.into_write_batch()?;
+        let mut writes = WriteBatch::default();
+        for write in batch.into_sorted_writes() {
+            let cf = self.cf(write.cf)?;
+            match &write.value {
+                Some(value) => writes.put_cf(cf, &write.key, value),
+                None => writes.delete_cf(cf, &write.key),
+            }
+        }
         self.db.write_opt(writes, &write_options(sync))?;
         Ok(())
     }
@@ -159,10 +160,11 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::test_support::{chat, temp_store};
-    use crate::{GroupRecord, InboxEntry};
+    use crate::{Batch, InboxEntry};
+    use parley_chat_logic::group::Group;
 
-    fn team() -> GroupRecord {
-        GroupRecord {
+    fn team() -> Group {
+        Group {
             id: "team".to_owned(),
             name: "Team".to_owned(),
             owner: "alice".to_owned(),
@@ -173,7 +175,7 @@ mod tests {
     #[test]
     fn nothing_is_visible_before_commit_and_everything_after() {
         let (_dir, store) = temp_store();
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_message(&chat("g:team", 1, "alice")).unwrap();
         for user in ["alice", "bob"] {
             let entry = InboxEntry::Message {
@@ -200,11 +202,11 @@ mod tests {
     #[test]
     fn a_dropped_or_failed_batch_writes_nothing() {
         let (_dir, store) = temp_store();
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_message(&chat("g:team", 1, "alice")).unwrap();
         drop(batch);
 
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_message(&chat("g:team", 1, "alice")).unwrap();
         assert!(batch
             .put_inbox(
@@ -224,18 +226,18 @@ mod tests {
     #[test]
     fn groups_are_replaced_and_deleted_in_batches() {
         let (_dir, store) = temp_store();
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_group(&team()).unwrap();
         store.commit(batch, false).unwrap();
 
         let mut bigger = team();
         bigger.members.push("carol".to_owned());
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_group(&bigger).unwrap();
         store.commit(batch, true).unwrap();
         assert_eq!(store.group("team").unwrap(), Some(bigger));
 
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.delete_group("team").unwrap();
         assert!(!batch.is_empty());
         store.commit(batch, true).unwrap();
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn an_empty_batch_commits() {
         let (_dir, store) = temp_store();
-        let batch = store.batch();
+        let batch = Batch::new();
         assert!(batch.is_empty());
         store.commit(batch, true).unwrap();
     }

@@ -7,6 +7,7 @@
 //! Data dirs written before the index existed get it built once, at
 //! [`Store::open`]: see [`Store::build_user_channels_if_missing`].
 
+use parley_chat_logic::group::Group;
 use parley_chat_logic::ReadCursor;
 use rocksdb::WriteBatch;
 use tracing::{info, warn};
@@ -14,7 +15,7 @@ use tracing::{info, warn};
 use crate::batch::Batch;
 use crate::error::StorageError;
 use crate::keys::{self, Cf, SEQ_LEN};
-use crate::records::{self, GroupRecord};
+use crate::records;
 use crate::store::{write_options, Store};
 
 /// The `meta` key present once `user_channels` indexes every channel a user
@@ -151,12 +152,12 @@ impl Store {
     }
 
     /// Every group record, ordered by id.
-    fn all_groups(&self) -> Result<Vec<GroupRecord>, StorageError> {
+    fn all_groups(&self) -> Result<Vec<Group>, StorageError> {
         let mut iter = self.db.raw_iterator_cf(self.cf(Cf::Groups)?);
         iter.seek_to_first();
         let mut groups = Vec::new();
         while let Some((key, value)) = iter.item() {
-            groups.push(records::from_json(Cf::Groups.name(), key, value)?);
+            groups.push(records::group_from_json(key, value)?);
             iter.next();
         }
         iter.status()?;
@@ -223,7 +224,7 @@ fn encode_cursor(cursor: ReadCursor) -> [u8; CURSOR_LEN] {
 }
 
 /// A cursor from its stored bytes at `key` in `cursors`.
-fn decode_cursor(key: &[u8], bytes: &[u8]) -> Result<ReadCursor, StorageError> {
+pub(crate) fn decode_cursor(key: &[u8], bytes: &[u8]) -> Result<ReadCursor, StorageError> {
     let corrupt = || {
         let reason = format!(
             "expected a {CURSOR_LEN}-byte read cursor, found {} bytes",

@@ -76,7 +76,7 @@ fn encode_state(state: FriendState) -> Result<u8, StorageError> {
 }
 
 /// A state from its stored byte at `key` in `friends`.
-fn decode_state(key: &[u8], bytes: &[u8]) -> Result<FriendState, StorageError> {
+pub(crate) fn decode_state(key: &[u8], bytes: &[u8]) -> Result<FriendState, StorageError> {
     let corrupt = |reason: String| StorageError::corrupt(Cf::Friends.name(), key, reason);
     let [byte] = bytes else {
         return Err(corrupt(format!(
@@ -101,7 +101,7 @@ mod tests {
     use crate::test_support::temp_store;
 
     fn link(store: &Store, user: &str, other: &str, state: FriendState) {
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_friend(user, other, state).unwrap();
         store.commit(batch, true).unwrap();
     }
@@ -111,7 +111,7 @@ mod tests {
         let (_dir, store) = temp_store();
         assert_eq!(store.friend("alice", "bob").unwrap(), None);
 
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch
             .put_friend("alice", "bob", FriendState::RequestSent)
             .unwrap();
@@ -134,7 +134,7 @@ mod tests {
             Some(FriendState::Friends)
         );
 
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.delete_friend("alice", "bob").unwrap();
         batch.delete_friend("alice", "nobody").unwrap();
         store.commit(batch, true).unwrap();
@@ -147,8 +147,7 @@ mod tests {
 
     #[test]
     fn ended_or_unknown_states_are_refused() {
-        let (_dir, store) = temp_store();
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         for state in [FriendState::Unspecified, FriendState::Removed] {
             let err = batch.put_friend("alice", "bob", state).unwrap_err();
             assert!(
@@ -166,7 +165,7 @@ mod tests {
     #[test]
     fn friends_of_is_ordered_and_isolated_by_prefix() {
         let (_dir, store) = temp_store();
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch.put_friend("al", "zed", FriendState::Friends).unwrap();
         batch
             .put_friend("al", "bob", FriendState::RequestSent)

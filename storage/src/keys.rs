@@ -16,8 +16,9 @@ const SEP_END: u8 = 0x01;
 /// Length of an encoded sequence number.
 pub(crate) const SEQ_LEN: usize = 8;
 
-/// The column families, see the table in the crate docs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The column families, see the table in the crate docs. Ordered as
+/// declared: a [`Batch`](crate::Batch) is applied in family, then key order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Cf {
     Users,
     Groups,
@@ -184,6 +185,16 @@ pub(crate) fn pair_prefix(owner: &str) -> Result<Vec<u8>, StorageError> {
 /// `owner 0x01`: the exclusive upper bound of every [`pair_key`] of `owner`.
 pub(crate) fn pair_range_end(owner: &str) -> Result<Vec<u8>, StorageError> {
     seq_range_end(owner)
+}
+
+/// The item of a [`pair_key`] whose owner part (with its separator) is
+/// `skip` bytes long; a key whose item is not UTF-8 or holds the separator
+/// is corrupt.
+pub(crate) fn pair_item(cf: Cf, key: &[u8], skip: usize) -> Result<&str, StorageError> {
+    key.get(skip..)
+        .and_then(|item| std::str::from_utf8(item).ok())
+        .filter(|item| !item.as_bytes().contains(&SEP))
+        .ok_or_else(|| StorageError::corrupt(cf.name(), key, "malformed key"))
 }
 
 /// Splits `user 0x00 device` into `(user, device)`.

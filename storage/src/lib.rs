@@ -3,7 +3,8 @@
 //! Owns: the RocksDB database of a data dir, its column families, the
 //! encoding of every key and value, typed reads, atomic write batches and
 //! synced commits (the chat engine's group commit: many requests share one
-//! fsync).
+//! fsync); the narrow read trait the engine plans with ([`ChatState`]) and
+//! an in-memory implementation of it ([`MemoryStore`]).
 //!
 //! Must not: speak MQTT, touch the network, or apply chat rules (who may
 //! post where, what the next `seq` is, who receives what). It stores what
@@ -17,8 +18,13 @@
 //! - `scan.rs`: range reads over one owner's keys with iterate bounds:
 //!   `last_*_seq`, `history` (newest first), `inbox_after` (resolving
 //!   message references with one multi-get), listings.
-//! - `batch.rs`: [`Batch`], a `WriteBatch` of chat-log writes, and
-//!   [`Store::commit`].
+//! - `state.rs`: [`ChatState`], the narrow set of reads the chat engine
+//!   plans with, implemented by [`Store`] and [`MemoryStore`]; its
+//!   conformance suite runs against both (`state/tests.rs`).
+//! - `batch.rs`: [`Batch`], the writes of one commit as plain data (no
+//!   handle to a store), and [`Store::commit`], one RocksDB write.
+//! - `memory.rs`: [`MemoryStore`], the same bytes in ordered maps in
+//!   memory, for tests of planning; it applies the same batches.
 //! - `tokens.rs`: session tokens by digest, and each account's index of them.
 //! - `friends.rs`: friend links, one per (user, other) pair.
 //! - `conversations.rs`: each user's index of channels, their read cursors
@@ -27,8 +33,9 @@
 //! - `presence.rs`: when each user was last active (unsynced writes).
 //! - `push.rs`: push registrations ([`PushRegistration`]) and the queue of
 //!   notifications to send ([`PushJob`]).
-//! - `records.rs`: the stored records ([`UserRecord`], [`GroupRecord`],
-//!   [`SessionRecord`], [`InboxEntry`]) and their value encodings.
+//! - `records.rs`: the stored records ([`UserRecord`], [`SessionRecord`],
+//!   [`InboxEntry`]) and their value encodings, the chat rules' [`Group`]'s
+//!   among them.
 //! - `keys.rs`: key encodings and the column family names.
 //! - `error.rs`: [`StorageError`].
 //!
@@ -42,7 +49,7 @@
 //! | family | key | value |
 //! |---|---|---|
 //! | `users` | `user_id` | [`UserRecord`], JSON |
-//! | `groups` | `group_id` | [`GroupRecord`], JSON |
+//! | `groups` | `group_id` | [`Group`], JSON: `{"id", "name", "owner", "members"}` |
 //! | `messages` | `channel 0x00 seq_be64` | `ChatMessage`, protobuf |
 //! | `inbox` | `user_id 0x00 inbox_seq_be64` | [`InboxEntry`]: `0x01 seq_be64 channel` (a reference into `messages`) or `0x02 Envelope{body}` (protobuf, an inline event) |
 //! | `dedup` | `sender 0x00 channel 0x00 client_msg_id` | `seq_be64` |
@@ -68,10 +75,12 @@ mod conversations;
 mod error;
 mod friends;
 mod keys;
+mod memory;
 mod presence;
 mod push;
 mod records;
 mod scan;
+mod state;
 mod store;
 mod tokens;
 
@@ -80,8 +89,11 @@ mod test_support;
 
 pub use batch::Batch;
 pub use error::StorageError;
+pub use memory::MemoryStore;
+pub use parley_chat_logic::group::Group;
 pub use parley_chat_logic::ReadCursor;
 pub use push::{PushJob, PushRegistration, PUSH_BODY_CHARS};
-pub use records::{AccountKind, GroupRecord, InboxEntry, SessionRecord, TokenRecord, UserRecord};
+pub use records::{AccountKind, InboxEntry, SessionRecord, TokenRecord, UserRecord};
+pub use state::ChatState;
 pub use store::Store;
 pub use tokens::TokenFilter;

@@ -258,7 +258,7 @@ mod tests {
     }
 
     fn queue(store: &Store, jobs: &[(u64, PushJob)]) {
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         for (id, job) in jobs {
             batch.put_push_job(*id, job).unwrap();
         }

@@ -5,6 +5,7 @@
 //! messages are `ChatMessage` bytes and inbox entries are [`InboxEntry`] in
 //! a one-byte-tagged format.
 
+use parley_chat_logic::group::Group;
 use parley_proto::v1::{envelope, ChatMessage, Envelope};
 use prost::Message as _;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -33,17 +34,17 @@ pub struct UserRecord {
     pub created_ms: i64,
 }
 
-/// One group, keyed by its group id in `groups`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupRecord {
-    /// The group id (without the `g:` channel prefix).
-    pub id: String,
-    /// Display name.
-    pub name: String,
-    /// The user who created it and may remove others.
-    pub owner: String,
-    /// Members, sorted and unique, the owner included.
-    pub members: Vec<String>,
+/// The stored form of a [`Group`], keyed by its id in `groups`: JSON with
+/// the field names below, in this order. serde's remote derive keeps one
+/// definition of the struct (the chat rules'), and fails to compile if
+/// this mirror misses one of its fields.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Group")]
+struct StoredGroup {
+    id: String,
+    name: String,
+    owner: String,
+    members: Vec<String>,
 }
 
 /// One device's durable MQTT session, keyed by `user 0x00 device`.
@@ -174,6 +175,26 @@ pub(crate) fn from_json<T: DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|e| StorageError::corrupt(cf, key, e))
 }
 
+/// The JSON bytes of a group ([`StoredGroup`]).
+pub(crate) fn group_to_json(group: &Group) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = Vec::new();
+    StoredGroup::serialize(group, &mut serde_json::Serializer::new(&mut bytes)).map_err(
+        |source| StorageError::Encode {
+            what: "group",
+            source,
+        },
+    )?;
+    Ok(bytes)
+}
+
+/// A group from its JSON bytes at `key` in `groups`.
+pub(crate) fn group_from_json(key: &[u8], bytes: &[u8]) -> Result<Group, StorageError> {
+    let mut json = serde_json::Deserializer::from_slice(bytes);
+    StoredGroup::deserialize(&mut json)
+        .and_then(|group| json.end().map(|()| group))
+        .map_err(|e| StorageError::corrupt("groups", key, e))
+}
+
 /// A `ChatMessage` from its protobuf bytes in `messages`.
 pub(crate) fn decode_chat_message(key: &[u8], bytes: &[u8]) -> Result<ChatMessage, StorageError> {
     ChatMessage::decode(bytes).map_err(|e| StorageError::corrupt("messages", key, e))
@@ -267,6 +288,28 @@ mod tests {
         };
         let json = String::from_utf8(to_json("user", &user).unwrap()).unwrap();
         assert!(json.contains("\"service\""), "{json}");
+    }
+
+    #[test]
+    fn groups_keep_their_json_encoding() {
+        // the bytes every data dir holds since the first format version
+        let stored = br#"{"id":"team","name":"Team","owner":"alice","members":["alice","bob"]}"#;
+        let group = Group {
+            id: "team".to_owned(),
+            name: "Team".to_owned(),
+            owner: "alice".to_owned(),
+            members: vec!["alice".to_owned(), "bob".to_owned()],
+        };
+        assert_eq!(group_to_json(&group).unwrap(), stored.to_vec());
+        assert_eq!(group_from_json(b"team", stored).unwrap(), group);
+
+        let err = group_from_json(b"team", br#"{"id":"team"}"#).unwrap_err();
+        assert!(
+            matches!(err, StorageError::Corrupt { cf: "groups", .. }),
+            "{err}"
+        );
+        let trailing = br#"{"id":"t","name":"","owner":"a","members":["a"]} x"#;
+        assert!(group_from_json(b"t", trailing).is_err());
     }
 
     #[test]

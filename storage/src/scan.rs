@@ -173,12 +173,7 @@ impl Store {
         let mut iter = self.range_iter(cf, lower, keys::pair_range_end(owner)?)?;
         iter.seek_to_first();
         while let Some((key, value)) = iter.item() {
-            let item = key
-                .get(skip..)
-                .and_then(|item| std::str::from_utf8(item).ok())
-                .filter(|item| !item.contains('\0'))
-                .ok_or_else(|| StorageError::corrupt(cf.name(), key, "malformed key"))?;
-            f(item, key, value)?;
+            f(keys::pair_item(cf, key, skip)?, key, value)?;
             iter.next();
         }
         iter.status()?;

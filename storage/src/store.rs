@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use parley_chat_logic::group::Group;
 use parley_proto::v1::ChatMessage;
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, DBCompressionType,
@@ -12,10 +13,11 @@ use rocksdb::{
 };
 use tracing::debug;
 
+use crate::batch::Batch;
 use crate::conversations::USER_CHANNELS_BUILT_KEY;
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
-use crate::records::{self, GroupRecord, SessionRecord, UserRecord};
+use crate::records::{self, SessionRecord, UserRecord};
 
 /// The RocksDB handle type. Column families are only created at open, so the
 /// single-threaded flavour (no lock around the family map) is enough.
@@ -89,14 +91,18 @@ impl Store {
 
     /// Creates or replaces the account `id`; synced before it returns.
     pub fn put_user(&self, id: &str, user: &UserRecord) -> Result<(), StorageError> {
-        let value = records::to_json("user", user)?;
-        self.put(Cf::Users, &keys::id_key(id)?, &value, true)
+        let mut batch = Batch::new();
+        batch.put_user(id, user)?;
+        self.commit(batch, true)
     }
 
     /// The group `id` (without the `g:` prefix), if it exists.
-    pub fn group(&self, id: &str) -> Result<Option<GroupRecord>, StorageError> {
+    pub fn group(&self, id: &str) -> Result<Option<Group>, StorageError> {
         let key = keys::id_key(id)?;
-        self.get_json(Cf::Groups, &key)
+        let Some(bytes) = self.get(Cf::Groups, &key)? else {
+            return Ok(None);
+        };
+        records::group_from_json(&key, &bytes).map(Some)
     }
 
     /// The message `seq` of `channel`, if it exists.

@@ -3,6 +3,7 @@
 use parley_proto::v1::ChatMessage;
 use tempfile::TempDir;
 
+use crate::batch::Batch;
 use crate::store::Store;
 
 /// A fresh store; keep the `TempDir` alive as long as the store.
@@ -27,7 +28,7 @@ pub(crate) fn chat(channel: &str, seq: u64, sender: &str) -> ChatMessage {
 
 /// Commits `messages` in one synced batch.
 pub(crate) fn put_messages(store: &Store, messages: &[ChatMessage]) {
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     for message in messages {
         batch.put_message(message).expect("put message");
     }

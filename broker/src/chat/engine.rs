@@ -1,62 +1,33 @@
 //! The chat engine: one dedicated thread that owns sequencing and writes.
 //!
 //! Connections submit write requests (send, group changes) through a bounded
-//! queue. The thread takes every job waiting (up to `batch_max`), plans each
-//! one into a single RocksDB `Batch` (assigning channel `seq` and per-user
-//! `inbox_seq` from in-memory counters recovered from the store), commits the
-//! batch with one synced write — group commit: concurrent senders share one
-//! fsync — and only then answers each job and hands the new inbox envelopes
-//! to the [`Router`]. One thread means no locks around sequence numbers and
-//! gap-free sequences by construction.
+//! queue. The thread takes every job waiting (up to `batch_max`), plans them
+//! all into one `Batch` (`plan/`: channel `seq` and per-user `inbox_seq`
+//! from in-memory counters recovered from the store), commits the batch
+//! through the [`Commit`] seam — today one synced RocksDB write, group
+//! commit: concurrent senders share one fsync — and only then hands the new
+//! inbox envelopes to the [`Router`], applies the effects and answers each
+//! job. One thread means no locks around sequence numbers and gap-free
+//! sequences by construction.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use parley_chat_logic::command::Command;
 use parley_chat_logic::ChatError;
-use parley_proto::v1::{envelope, Ack, Envelope};
-use parley_storage::{Batch, Store};
-use prost::Message;
+use parley_proto::v1::ChatMessage;
+use parley_storage::{Batch, StorageError, Store};
 use tokio::sync::{mpsc, oneshot};
 
-use super::plan::{BatchPlan, Effect, KnownUsers, Services};
+use super::commit::{Commit, SyncedWrite};
+use super::outcome::{encode_envelope, JobResult};
+use super::plan::{BatchPlan, Delivery, Effect, KnownUsers, Sequences, Services};
+use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::presence::Presence;
 use crate::push::Push;
 use crate::router::{LiveEnvelope, Router};
-
-/// What a job's submitter gets back: what was committed, or the error to
-/// reply with.
-pub type JobResult = Result<Committed, ChatError>;
-
-/// A committed job: its Ack, and every message it stored as
-/// `(channel, seq)` (one per copy of a system message to several users).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Committed {
-    pub ack: Ack,
-    pub stored: Vec<(String, u64)>,
-}
-
-impl Committed {
-    /// A job that stored no message (a receipt, a group or friend change).
-    pub fn ack(ack: Ack) -> Committed {
-        Committed {
-            ack,
-            stored: Vec::new(),
-        }
-    }
-
-    /// A job that stored (or found, for a duplicate) the message its Ack names.
-    pub fn stored(ack: Ack) -> Committed {
-        Committed {
-            stored: vec![(ack.channel.clone(), ack.seq)],
-            ack,
-        }
-    }
-}
 
 /// One write request from one device.
 pub struct Job {
@@ -107,115 +78,51 @@ pub struct Outlets {
     pub push: Arc<Push>,
 }
 
-/// Starts the engine thread. It stops once every [`EngineHandle`] is dropped
-/// and the queue is drained.
+/// Planning asks the push service and the presence tracker.
+impl Services for Outlets {
+    fn push_enabled(&self) -> bool {
+        self.push.enabled()
+    }
+
+    fn has_push_registrations(&self, user: &str) -> bool {
+        self.push.has_registrations(user)
+    }
+
+    fn offline_among<'u>(&self, users: Vec<&'u String>) -> Vec<&'u String> {
+        self.presence.offline_among(users)
+    }
+
+    fn queue_push(
+        &self,
+        batch: &mut Batch,
+        user: &str,
+        message: &ChatMessage,
+    ) -> Result<(), StorageError> {
+        self.push.queue(batch, user, message)
+    }
+}
+
+/// Starts the engine thread, reading from `store` and committing to it with
+/// synced writes. It stops once every [`EngineHandle`] is dropped and the
+/// queue is drained.
 pub fn spawn(
     store: Store,
     outlets: Outlets,
     config: EngineConfig,
 ) -> std::io::Result<(EngineHandle, std::thread::JoinHandle<()>)> {
     let (jobs, queue) = mpsc::channel(config.queue.max(1));
+    let committer = Box::new(SyncedWrite::new(store.clone()));
     let thread = std::thread::Builder::new()
         .name("chat-engine".into())
-        .spawn(move || Engine::new(store, outlets, config).run(queue))?;
+        .spawn(move || Engine::new(store, committer, outlets, config).run(queue))?;
     Ok((EngineHandle { jobs }, thread))
 }
 
-/// Last assigned sequence numbers, loaded lazily from the store.
-///
-/// A job first [`Sequences::load`]s every counter it will touch (the only
-/// fallible step), then takes numbers with the infallible `next_*` calls, so
-/// a job that fails never leaves a gap behind.
-#[derive(Default)]
-pub(super) struct Sequences {
-    channels: HashMap<String, u64>,
-    inboxes: HashMap<String, u64>,
-}
-
-impl Sequences {
-    pub(super) fn load(
-        &mut self,
-        store: &Store,
-        channel: Option<&str>,
-        users: &[String],
-    ) -> Result<(), ChatError> {
-        if let Some(channel) = channel {
-            if !self.channels.contains_key(channel) {
-                let last = store.last_channel_seq(channel).map_err(internal)?;
-                self.channels.insert(channel.to_owned(), last);
-            }
-        }
-        for user in users {
-            if !self.inboxes.contains_key(user) {
-                let last = store.last_inbox_seq(user).map_err(internal)?;
-                self.inboxes.insert(user.clone(), last);
-            }
-        }
-        Ok(())
-    }
-
-    /// The last `seq` of a channel [`load`](Self::load)ed before.
-    pub(super) fn channel_seq(&self, channel: &str) -> u64 {
-        self.channels.get(channel).copied().unwrap_or(0)
-    }
-
-    /// The next `seq` of a channel [`load`](Self::load)ed before.
-    pub(super) fn next_channel_seq(&mut self, channel: &str) -> u64 {
-        let last = self.channels.entry(channel.to_owned()).or_default();
-        *last += 1;
-        *last
-    }
-
-    /// The next `inbox_seq` of a user [`load`](Self::load)ed before.
-    pub(super) fn next_inbox_seq(&mut self, user: &str) -> u64 {
-        let last = self.inboxes.entry(user.to_owned()).or_default();
-        *last += 1;
-        *last
-    }
-
-    /// Forgets everything, so counters are reloaded from what is durable.
-    fn reset(&mut self) {
-        self.channels.clear();
-        self.inboxes.clear();
-    }
-}
-
-pub(super) fn internal(error: impl std::fmt::Display) -> ChatError {
-    tracing::error!(%error, "store failure in the chat engine");
-    ChatError::internal("storage failure")
-}
-
-/// An inbox append planned by a job, published after the commit.
-pub(super) struct Delivery {
-    pub user: String,
-    pub inbox_seq: u64,
-    pub body: Arc<Bytes>,
-}
-
-/// Encodes an `Envelope` whose body was encoded once for all recipients:
-/// protobuf lets the `inbox_seq` field and the body field be concatenated.
-pub fn encode_envelope(inbox_seq: u64, body: &[u8]) -> Bytes {
-    let head = Envelope {
-        inbox_seq,
-        body: None,
-    };
-    let mut buf = BytesMut::with_capacity(head.encoded_len() + body.len());
-    head.encode(&mut buf).expect("a BytesMut grows as needed");
-    buf.put_slice(body);
-    buf.freeze()
-}
-
-/// Encodes just the body field of an `Envelope`.
-pub(super) fn encode_body(body: envelope::Body) -> Arc<Bytes> {
-    let envelope = Envelope {
-        inbox_seq: 0,
-        body: Some(body),
-    };
-    Arc::new(Bytes::from(envelope.encode_to_vec()))
-}
-
 struct Engine {
+    /// What planning reads.
     store: Store,
+    /// Where planned batches go: the commit seam.
+    committer: Box<dyn Commit>,
     outlets: Outlets,
     config: EngineConfig,
     sequences: Sequences,
@@ -223,9 +130,15 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(store: Store, outlets: Outlets, config: EngineConfig) -> Self {
+    fn new(
+        store: Store,
+        committer: Box<dyn Commit>,
+        outlets: Outlets,
+        config: EngineConfig,
+    ) -> Self {
         Engine {
             store,
+            committer,
             outlets,
             config,
             sequences: Sequences::default(),
@@ -249,16 +162,13 @@ impl Engine {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
-        let services = Services {
-            presence: &self.outlets.presence,
-            push: &self.outlets.push,
-        };
         let mut plan = BatchPlan::new(
             &self.store,
             &self.known_users,
             &mut self.sequences,
             &self.config.limits,
-            services,
+            &self.outlets,
+            now_ms(),
         );
         let results: Vec<JobResult> = jobs
             .iter()
@@ -291,9 +201,9 @@ impl Engine {
         }
     }
 
-    fn commit(&self, batch: Batch, jobs: usize) -> Result<(), parley_storage::StorageError> {
+    fn commit(&self, batch: Batch, jobs: usize) -> Result<(), StorageError> {
         let started = Instant::now();
-        self.store.commit(batch, true)?;
+        self.committer.commit(batch)?;
         m::store_commit(started.elapsed(), jobs);
         Ok(())
     }

@@ -6,7 +6,9 @@
 //! commit), answers reads from the store ([`reads`]), forwards live-only
 //! events ([`typing`]), and always yields exactly one `Reply`.
 
+mod commit;
 pub mod engine;
+mod outcome;
 mod plan;
 pub mod reads;
 pub mod typing;
@@ -26,7 +28,8 @@ use crate::metrics as m;
 use crate::presence::Presence;
 use crate::push::Push;
 use crate::router::Router;
-pub use engine::{encode_envelope, Committed, EngineHandle};
+pub use engine::EngineHandle;
+pub use outcome::{encode_envelope, Committed, JobResult};
 pub use typing::TypingLimit;
 
 /// Everything a connection needs to serve chat requests.
@@ -228,7 +231,7 @@ enum Pending {
     Ready(Result<reply::Body, ChatError>),
     /// Blocking store work, or an async task.
     Task(tokio::task::JoinHandle<Result<reply::Body, ChatError>>),
-    Engine(tokio::sync::oneshot::Receiver<engine::JobResult>),
+    Engine(tokio::sync::oneshot::Receiver<JobResult>),
 }
 
 impl Pending {

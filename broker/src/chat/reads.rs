@@ -12,8 +12,8 @@ use parley_storage::Store;
 
 use crate::presence::Presence;
 
-use super::engine::internal;
-use super::plan::{group_from_record, StoreDirectory};
+use super::outcome::internal;
+use super::plan::StoreDirectory;
 
 /// The user's inbox after `after_inbox_seq`, oldest first.
 pub fn sync(
@@ -96,7 +96,7 @@ fn visible_to(store: &Store, user: &str) -> Result<HashSet<String>, ChatError> {
 /// group that does not exist).
 pub(super) fn group_of(store: &Store, channel: &Channel) -> Result<Option<Group>, ChatError> {
     match channel {
-        Channel::Group(id) => Ok(store.group(id).map_err(internal)?.map(group_from_record)),
+        Channel::Group(id) => store.group(id).map_err(internal),
         _ => Ok(None),
     }
 }

@@ -8,7 +8,7 @@ use parley_chat_logic::{send, ChatError};
 use parley_proto::v1::{envelope, Ack, TypingEvent};
 use parley_storage::Store;
 
-use super::engine::{encode_body, encode_envelope};
+use super::outcome::{encode_body, encode_envelope};
 use super::plan::StoreDirectory;
 use crate::metrics as m;
 use crate::rate::{Bucket, Quota};

@@ -1,3 +1,5 @@
+use toml::Table;
+
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -204,6 +206,11 @@ fn invalid_values_name_the_key() {
             "max_group_members",
         ),
         (
+            Some("max_group_members = 0\n"),
+            HashMap::new(),
+            "max_group_members",
+        ),
+        (
             None,
             env(&[("PARLEY_MAX_PACKET_SIZE", "1000")]),
             "max_packet_size",
@@ -281,6 +288,16 @@ fn invalid_values_name_the_key() {
         assert_eq!(err.key(), Some(key), "{err}");
         assert!(err.to_string().contains(&format!("`{key}`")), "{err}");
     }
+}
+
+#[test]
+fn chat_limits_are_checked_by_their_own_rule() {
+    let vars = env(&[("PARLEY_MAX_GROUP_MEMBERS", "501")]);
+    let err = Config::load(None, &vars, &[]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid config key `max_group_members`: must be between 1 and 500, got 501"
+    );
 }
 
 #[test]

@@ -76,9 +76,13 @@ fn host_of(header: &str) -> Option<&str> {
         Some(rest) => &header[..rest.find(']')? + 2],
         None => header.rsplit_once(':').map_or(header, |(host, _port)| host),
     };
-    let allowed =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_');
-    (!host.is_empty() && host.len() <= 253 && host.chars().all(allowed)).then_some(host)
+    (!host.is_empty() && host.len() <= 253 && host.chars().all(is_host_char)).then_some(host)
+}
+
+/// A character a host name, an IP address (v6 in brackets) or a port may
+/// hold; nothing that could end a URL or a header value early.
+pub(super) fn is_host_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_')
 }
 
 #[cfg(test)]

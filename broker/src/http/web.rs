@@ -19,6 +19,7 @@ use axum::routing::get;
 use axum::Router;
 use sha2::{Digest, Sha256};
 
+use super::discovery::is_host_char;
 use super::HttpState;
 
 /// One embedded file.
@@ -216,9 +217,7 @@ fn socket_origin(url: &str) -> Option<&str> {
         .or_else(|| url.strip_prefix("wss://"))?;
     let authority = rest.find('/').map_or(rest, |end| &rest[..end]);
     let origin = &url[..url.len() - rest.len() + authority.len()];
-    let allowed =
-        |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']' | '_');
-    (!authority.is_empty() && authority.chars().all(allowed)).then_some(origin)
+    (!authority.is_empty() && authority.chars().all(is_host_char)).then_some(origin)
 }
 
 #[cfg(test)]

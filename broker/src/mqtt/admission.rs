@@ -88,8 +88,9 @@ impl Admission {
         Ok(Admitted { open, connecting })
     }
 
-    /// Connections from `ip` not yet past CONNECT (for tests and metrics).
-    pub fn connecting_from(&self, ip: IpAddr) -> usize {
+    /// Connections from `ip` not yet past CONNECT.
+    #[cfg(test)]
+    fn connecting_from(&self, ip: IpAddr) -> usize {
         let ip = ip.to_canonical();
         self.connecting.lock().get(&ip).copied().unwrap_or(0)
     }

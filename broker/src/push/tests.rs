@@ -179,7 +179,7 @@ fn temp_store() -> (TempDir, Store) {
 /// Commits a job notifying `user` of `message`, as the engine does, and wakes
 /// the worker.
 fn notify(push: &Push, store: &Store, user: &str, message: &ChatMessage) {
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     push.queue(&mut batch, user, message).unwrap();
     store.commit(batch, true).unwrap();
     push.wake();
@@ -192,7 +192,7 @@ fn jobs(store: &Store) -> Vec<(u64, PushJob)> {
 /// Stores `messages` in their channel and gives `user` the channel, so
 /// they count as unread.
 fn unread_messages(store: &Store, user: &str, messages: &[ChatMessage]) {
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     for message in messages {
         batch.put_message(message).unwrap();
         batch.put_user_channel(user, &message.channel).unwrap();
@@ -430,7 +430,7 @@ async fn at_most_eight_notifications_are_in_flight() {
     let (_dir, store) = temp_store();
     let push = Push::start_with(store.clone(), config(&gateway), FAST).unwrap();
     push.register("bob", "phone", "app", "key").await.unwrap();
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     for seq in 1..=30 {
         let message = message("g:team", seq, "alice", "hi");
         push.queue(&mut batch, "bob", &message).unwrap();

@@ -26,7 +26,7 @@ use parley_chat_logic::limits::Limits;
 use parley_proto::v1::{
     self, envelope, reply, request, ChatMessage, Envelope, ErrorCode, Reply, Request,
 };
-use parley_storage::{AccountKind, GroupRecord, Store, UserRecord};
+use parley_storage::{AccountKind, Group, Store, UserRecord};
 use proptest::prelude::*;
 use prost::Message;
 
@@ -69,7 +69,7 @@ fn inbox_owners() -> Vec<&'static str> {
 struct Dump {
     channels: BTreeMap<String, Vec<ChatMessage>>,
     inboxes: BTreeMap<String, Vec<Envelope>>,
-    groups: BTreeMap<String, Option<GroupRecord>>,
+    groups: BTreeMap<String, Option<Group>>,
     dedup: BTreeMap<(String, String, String), u64>,
 }
 

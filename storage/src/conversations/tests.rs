@@ -7,8 +7,8 @@ fn cursor(delivered: u64, read: u64) -> ReadCursor {
     ReadCursor { delivered, read }
 }
 
-fn group(id: &str, members: &[&str]) -> GroupRecord {
-    GroupRecord {
+fn group(id: &str, members: &[&str]) -> Group {
+    Group {
         id: id.to_owned(),
         name: id.to_uppercase(),
         owner: members[0].to_owned(),
@@ -17,7 +17,7 @@ fn group(id: &str, members: &[&str]) -> GroupRecord {
 }
 
 fn join(store: &Store, user: &str, channels: &[&str]) {
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     for channel in channels {
         batch.put_user_channel(user, channel).unwrap();
     }
@@ -25,7 +25,7 @@ fn join(store: &Store, user: &str, channels: &[&str]) {
 }
 
 fn set_cursor(store: &Store, user: &str, channel: &str, value: ReadCursor) {
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     batch.put_cursor(user, channel, value).unwrap();
     store.commit(batch, true).unwrap();
 }
@@ -47,7 +47,7 @@ fn user_channels_round_trip_sorted_and_isolated_by_prefix() {
     assert!(!store.has_user_channel("al", "g:team").unwrap());
     assert!(!store.has_user_channel("alice", "g:tea").unwrap());
 
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     batch.delete_user_channel("alice", "g:team").unwrap();
     batch.delete_user_channel("alice", "g:never").unwrap();
     store.commit(batch, true).unwrap();
@@ -153,7 +153,7 @@ fn an_old_data_dir_gets_its_index_built_once_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
-        let mut batch = store.batch();
+        let mut batch = Batch::new();
         batch
             .put_group(&group("team", &["alice", "bob", "carol"]))
             .unwrap();
@@ -196,7 +196,7 @@ fn an_old_data_dir_gets_its_index_built_once_at_open() {
         .is_some());
 
     // Built once: later changes to the index survive the next open.
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     batch.delete_user_channel("carol", "g:team").unwrap();
     store.commit(batch, true).unwrap();
     drop(store);

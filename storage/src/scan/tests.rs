@@ -1,6 +1,7 @@
 //! Tests of `scan.rs` against a real RocksDB in a temp dir.
 
 use super::*;
+use crate::batch::Batch;
 use crate::test_support::{chat, put_messages, temp_store};
 use parley_proto::v1::{GroupEvent, ReceiptEvent};
 
@@ -21,7 +22,7 @@ fn receipt(seq: u64) -> Body {
 
 /// Messages 1..=n in TEAM, each referenced from `user`'s inbox at the same seq.
 fn fill(store: &Store, user: &str, n: u64) {
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     for seq in 1..=n {
         batch.put_message(&chat(TEAM, seq, "bob")).unwrap();
         let entry = InboxEntry::Message {
@@ -102,7 +103,7 @@ fn inbox_after_resolves_references_and_keeps_events_inline() {
             seq: 1,
         },
     ];
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     for (index, entry) in entries.iter().enumerate() {
         batch.put_inbox("alice", index as u64 + 1, entry).unwrap();
     }
@@ -141,7 +142,7 @@ fn inbox_after_pages_in_order() {
 fn inbox_scans_of_al_and_alice_never_mix() {
     let (_dir, store) = temp_store();
     fill(&store, "alice", 3);
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     batch
         .put_inbox("al", 1, &InboxEntry::Event(receipt(1)))
         .unwrap();
@@ -191,7 +192,7 @@ fn corrupt_inbox_entries_are_errors() {
 #[test]
 fn a_reference_to_a_missing_message_is_an_error() {
     let (_dir, store) = temp_store();
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     let entry = InboxEntry::Message {
         channel: TEAM.to_owned(),
         seq: 4,

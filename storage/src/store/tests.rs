@@ -1,6 +1,7 @@
 //! Tests of `store.rs` against a real RocksDB in a temp dir.
 
 use super::*;
+use crate::batch::Batch;
 use crate::records::AccountKind;
 use crate::test_support::{chat, put_messages, temp_store};
 
@@ -44,7 +45,7 @@ fn users_round_trip_and_list_in_order() {
 fn messages_and_dedup_are_found_by_their_keys() {
     let (_dir, store) = temp_store();
     put_messages(&store, &[chat("dm:alice:bob", 1, "alice")]);
-    let mut batch = store.batch();
+    let mut batch = Batch::new();
     batch.put_dedup("alice", "dm:alice:bob", "c1", 1).unwrap();
     store.commit(batch, false).unwrap();
 

@@ -12,7 +12,7 @@ use parley_chat_logic::ChatError;
 use parley_proto::v1::{envelope, Ack, FriendState};
 
 use super::{BatchPlan, Effect};
-use crate::chat::engine::internal;
+use crate::chat::outcome::internal;
 
 impl BatchPlan<'_> {
     /// Every add and remove of one request, all or none: an unknown user or
@@ -47,7 +47,7 @@ impl BatchPlan<'_> {
         }
         let mut notified = vec![user.to_owned()];
         notified.extend(changes.iter().map(|(other, _)| other.clone()));
-        self.sequences.load(self.store, None, &notified)?;
+        self.sequences.load(self.state, None, &notified)?;
         for (other, planned) in changes {
             self.apply_friend_change(user, &other, planned);
         }
@@ -84,13 +84,13 @@ impl BatchPlan<'_> {
         if let Some(planned) = self.friends.get(&key) {
             return Ok(*planned);
         }
-        self.store.friend(user, other).map_err(internal)
+        self.state.friend(user, other).map_err(internal)
     }
 
     /// Everyone `user` has a link with (friends and requests both ways).
     fn links_of(&self, user: &str) -> Result<HashSet<String>, ChatError> {
         let mut links: HashSet<String> = self
-            .store
+            .state
             .friends_of(user)
             .map_err(internal)?
             .into_iter()

@@ -9,7 +9,7 @@ use parley_proto::v1::{envelope, Ack, ChatMessage};
 use parley_storage::InboxEntry;
 
 use super::{BatchPlan, Effect};
-use crate::chat::engine::{encode_body, internal, Committed, JobResult};
+use crate::chat::outcome::{encode_body, internal, Committed, JobResult};
 
 /// One message to store and fan out.
 struct Post<'p> {
@@ -109,7 +109,7 @@ impl BatchPlan<'_> {
     /// Stores a message and appends it to every recipient's inbox.
     fn post(&mut self, post: Post<'_>) -> Result<Ack, ChatError> {
         self.sequences
-            .load(self.store, Some(post.channel), post.recipients)?;
+            .load(self.state, Some(post.channel), post.recipients)?;
         let seq = self.sequences.next_channel_seq(post.channel);
         let message = ChatMessage {
             channel: post.channel.to_owned(),
@@ -175,22 +175,22 @@ impl BatchPlan<'_> {
     /// A push job for each recipient (not the sender) with no online device
     /// and with push registrations; jobs commit with the message.
     fn queue_pushes(&mut self, message: &ChatMessage, recipients: &[String]) {
-        let Self { services, .. } = *self;
+        let services = self.services;
         let registered: Vec<&String> = recipients
             .iter()
-            .filter(|user| **user != message.sender && services.push.has_registrations(user))
+            .filter(|user| **user != message.sender && services.has_push_registrations(user))
             .collect();
         if registered.is_empty() {
             return;
         }
         // one look at the tracker for the whole message, not one per member
-        for user in services.presence.offline_among(registered) {
-            if !services.push.enabled() {
+        for user in services.offline_among(registered) {
+            if !services.push_enabled() {
                 tracing::info!(%user, channel = %message.channel, seq = message.seq,
                     "push gateway not configured: no notification sent");
                 continue;
             }
-            let written = services.push.queue(&mut self.batch, user, message);
+            let written = services.queue_push(&mut self.batch, user, message);
             self.check(written);
             if !self.effects.contains(&Effect::PushQueued) {
                 self.effects.push(Effect::PushQueued);
@@ -220,13 +220,13 @@ impl BatchPlan<'_> {
             }));
         }
         let Some(seq) = self
-            .store
+            .state
             .dedup(sender, channel, client_msg_id)
             .map_err(internal)?
         else {
             return Ok(None);
         };
-        let original = self.store.message(channel, seq).map_err(internal)?;
+        let original = self.state.message(channel, seq).map_err(internal)?;
         Ok(Some(Ack {
             channel: channel.to_owned(),
             seq,

@@ -1,38 +1,48 @@
-//! Planning one batch: each job is checked against the store (and against
-//! what earlier jobs of the same batch did), then its writes go into the
-//! shared `Batch`, its inbox appends into the delivery list, and what must
-//! happen once it is committed (presence of new friends, waking the push
-//! worker) into the effects.
+//! Planning one batch: each job is checked against the chat state (and
+//! against what earlier jobs of the same batch did), then its writes go
+//! into the shared `Batch`, its inbox appends into the delivery list, and
+//! what must happen once it is committed (presence of new friends, waking
+//! the push worker) into the effects.
+//!
+//! A deterministic function of its inputs: the state is read through
+//! [`ChatState`] (the data dir in the broker, a `MemoryStore` in the tests
+//! beside this file), the time of the batch is given, and what the broker
+//! knows in memory (who is online, who has push) is asked through
+//! [`Services`]. Planning writes nothing itself: the engine commits the
+//! batch, then publishes the deliveries and applies the effects.
 //!
 //! One file per kind of write: `messages.rs` (send, system messages, push
-//! jobs), `receipts.rs`, `friends.rs`; groups and the shared steps are here.
+//! jobs), `receipts.rs`, `friends.rs`; the counters in `sequences.rs`;
+//! groups and the shared steps are here.
 
 mod friends;
 mod messages;
 mod receipts;
+mod sequences;
+#[cfg(test)]
+mod tests;
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parley_chat_logic::channel::Channel;
 use parley_chat_logic::command::Command;
 use parley_chat_logic::group::{self, Directory, Group, GroupChange};
 use parley_chat_logic::limits::Limits;
 use parley_chat_logic::{ChatError, ReadCursor};
-use parley_proto::v1::{envelope, Ack, FriendState};
-use parley_storage::{Batch, GroupRecord, InboxEntry, StorageError, Store};
+use parley_proto::v1::{envelope, Ack, ChatMessage, FriendState};
+use parley_storage::{Batch, ChatState, InboxEntry, StorageError};
 
-use super::engine::{encode_body, internal, Committed, Delivery, JobResult, Sequences};
-use crate::clock::now_ms;
-use crate::presence::Presence;
-use crate::push::Push;
+use super::outcome::{encode_body, internal, Committed, JobResult};
+pub(super) use sequences::Sequences;
 
-/// The registered users, as the pure chat rules ask for them: the store,
+/// The registered users, as the pure chat rules ask for them: the state,
 /// optionally in front of a set of ids already found there. Accounts are
 /// never deleted, so an id found once stays valid for the broker's life.
 pub struct StoreDirectory<'a> {
-    store: &'a Store,
+    state: &'a dyn ChatState,
     known: Option<&'a RefCell<KnownUsers>>,
 }
 
@@ -40,15 +50,15 @@ pub struct StoreDirectory<'a> {
 pub(super) type KnownUsers = HashSet<String>;
 
 impl<'a> StoreDirectory<'a> {
-    /// Asks the store every time.
-    pub fn new(store: &'a Store) -> Self {
-        StoreDirectory { store, known: None }
+    /// Asks the state every time.
+    pub fn new(state: &'a dyn ChatState) -> Self {
+        StoreDirectory { state, known: None }
     }
 
-    /// Asks the store only about ids not in `known`, and remembers them.
-    pub(super) fn cached(store: &'a Store, known: &'a RefCell<KnownUsers>) -> Self {
+    /// Asks the state only about ids not in `known`, and remembers them.
+    pub(super) fn cached(state: &'a dyn ChatState, known: &'a RefCell<KnownUsers>) -> Self {
         StoreDirectory {
-            store,
+            state,
             known: Some(known),
         }
     }
@@ -59,7 +69,7 @@ impl Directory for StoreDirectory<'_> {
         if self.known.is_some_and(|known| known.borrow().contains(id)) {
             return Ok(true);
         }
-        let exists = self.store.has_user(id).map_err(internal)?;
+        let exists = self.state.has_user(id).map_err(internal)?;
         if let (true, Some(known)) = (exists, self.known) {
             known.borrow_mut().insert(id.to_owned());
         }
@@ -71,11 +81,35 @@ type DedupKey = (String, String, String);
 /// `(user, other user)` or `(user, channel)`.
 type PairKey = (String, String);
 
-/// What the engine consults besides the store: who is online, who has push.
-#[derive(Clone, Copy)]
-pub(super) struct Services<'a> {
-    pub presence: &'a Presence,
-    pub push: &'a Push,
+/// What planning asks the broker besides the stored state, all of it in
+/// memory: who has push registrations, who has no online device, and where
+/// a push job goes. The engine answers from the push service and the
+/// presence tracker; the tests beside this file from a script.
+pub(super) trait Services {
+    /// Whether a push gateway is configured (without one no job is written).
+    fn push_enabled(&self) -> bool;
+
+    /// Whether `user` has any push registration.
+    fn has_push_registrations(&self, user: &str) -> bool;
+
+    /// Those of `users` with no online device, in one look.
+    fn offline_among<'u>(&self, users: Vec<&'u String>) -> Vec<&'u String>;
+
+    /// Writes the job notifying `user` of `message` into `batch`, with a
+    /// new job id.
+    fn queue_push(
+        &self,
+        batch: &mut Batch,
+        user: &str,
+        message: &ChatMessage,
+    ) -> Result<(), StorageError>;
+}
+
+/// An inbox append planned by a job, published after the commit.
+pub(super) struct Delivery {
+    pub user: String,
+    pub inbox_seq: u64,
+    pub body: Arc<Bytes>,
 }
 
 /// What must happen once a batch is committed, besides live delivery.
@@ -89,11 +123,12 @@ pub(super) enum Effect {
 
 /// One batch being planned.
 pub(super) struct BatchPlan<'a> {
-    store: &'a Store,
+    state: &'a dyn ChatState,
     known_users: &'a RefCell<KnownUsers>,
     sequences: &'a mut Sequences,
     limits: &'a Limits,
-    services: Services<'a>,
+    services: &'a dyn Services,
+    /// The time of the batch: every Ack and message of it carries it.
     now_ms: i64,
     /// Groups created, changed or deleted by earlier jobs of this batch.
     groups: HashMap<String, Option<Group>>,
@@ -112,25 +147,27 @@ pub(super) struct BatchPlan<'a> {
 }
 
 impl<'a> BatchPlan<'a> {
+    /// An empty plan over `state`, at `now_ms`.
     pub(super) fn new(
-        store: &'a Store,
+        state: &'a dyn ChatState,
         known_users: &'a RefCell<KnownUsers>,
         sequences: &'a mut Sequences,
         limits: &'a Limits,
-        services: Services<'a>,
+        services: &'a dyn Services,
+        now_ms: i64,
     ) -> Self {
         BatchPlan {
-            store,
+            state,
             known_users,
             sequences,
             limits,
             services,
-            now_ms: now_ms(),
+            now_ms,
             groups: HashMap::new(),
             sent: HashMap::new(),
             cursors: HashMap::new(),
             friends: HashMap::new(),
-            batch: store.batch(),
+            batch: Batch::new(),
             deliveries: Vec::new(),
             effects: Vec::new(),
             poisoned: None,
@@ -138,7 +175,7 @@ impl<'a> BatchPlan<'a> {
     }
 
     fn directory(&self) -> StoreDirectory<'a> {
-        StoreDirectory::cached(self.store, self.known_users)
+        StoreDirectory::cached(self.state, self.known_users)
     }
 
     /// Plans one job; on error nothing of it is in the batch.
@@ -177,11 +214,7 @@ impl<'a> BatchPlan<'a> {
     fn group(&self, id: &str) -> Result<Option<Group>, ChatError> {
         match self.groups.get(id) {
             Some(planned) => Ok(planned.clone()),
-            None => Ok(self
-                .store
-                .group(id)
-                .map_err(internal)?
-                .map(group_from_record)),
+            None => self.state.group(id).map_err(internal),
         }
     }
 
@@ -200,9 +233,9 @@ impl<'a> BatchPlan<'a> {
     }
 
     fn group_change(&mut self, id: &str, before: Option<&Group>, change: GroupChange) -> JobResult {
-        self.sequences.load(self.store, None, &change.notify)?;
+        self.sequences.load(self.state, None, &change.notify)?;
         let written = match &change.after {
-            Some(group) => self.batch.put_group(&group_record(group)),
+            Some(group) => self.batch.put_group(group),
             None => self.batch.delete_group(id),
         };
         self.check(written);
@@ -240,12 +273,7 @@ impl<'a> BatchPlan<'a> {
     }
 
     /// Appends one entry to each user's inbox (counters loaded beforehand).
-    fn append_to_inboxes(
-        &mut self,
-        users: &[String],
-        entry: &InboxEntry,
-        body: &Arc<bytes::Bytes>,
-    ) {
+    fn append_to_inboxes(&mut self, users: &[String], entry: &InboxEntry, body: &Arc<Bytes>) {
         for user in users {
             let inbox_seq = self.sequences.next_inbox_seq(user);
             let written = self.batch.put_inbox(user, inbox_seq, entry);
@@ -262,25 +290,5 @@ impl<'a> BatchPlan<'a> {
     fn append_event(&mut self, users: &[String], event: envelope::Body) {
         let body = encode_body(event.clone());
         self.append_to_inboxes(users, &InboxEntry::Event(event), &body);
-    }
-}
-
-/// The stored form of a group.
-fn group_record(group: &Group) -> GroupRecord {
-    GroupRecord {
-        id: group.id.clone(),
-        name: group.name.clone(),
-        owner: group.owner.clone(),
-        members: group.members.clone(),
-    }
-}
-
-/// A stored group, for the chat rules.
-pub fn group_from_record(record: GroupRecord) -> Group {
-    Group {
-        id: record.id,
-        name: record.name,
-        owner: record.owner,
-        members: record.members,
     }
 }

@@ -8,7 +8,7 @@ use parley_chat_logic::{send, ChatError, ReadCursor};
 use parley_proto::v1::{envelope, Ack, ReceiptEvent};
 
 use super::BatchPlan;
-use crate::chat::engine::internal;
+use crate::chat::outcome::internal;
 
 impl BatchPlan<'_> {
     /// A `MarkReceipt`: `NOT_FOUND` for a message that does not exist; a
@@ -18,7 +18,7 @@ impl BatchPlan<'_> {
         let channel = mark.channel.id();
         let group = self.group_of(&mark.channel)?;
         let members = members_of(reader, &mark.channel, group.as_ref())?;
-        self.sequences.load(self.store, Some(&channel), &members)?;
+        self.sequences.load(self.state, Some(&channel), &members)?;
         let newest = self.sequences.channel_seq(&channel);
         if mark.seq > newest {
             return Err(ChatError::not_found(format!(
@@ -53,7 +53,7 @@ impl BatchPlan<'_> {
         if let Some(cursor) = self.cursors.get(&key) {
             return Ok(*cursor);
         }
-        self.store.cursor(user, channel).map_err(internal)
+        self.state.cursor(user, channel).map_err(internal)
     }
 }
 

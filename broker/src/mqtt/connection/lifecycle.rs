@@ -127,7 +127,8 @@ impl Connection {
     ) -> Option<Connection> {
         let client = &accepted.client;
         // Register first: envelopes committed from now on reach the live
-        // queue, and the session below reads everything before them.
+        // queue, and the session below reads everything before them. The
+        // link leaves the router when dropped, so every return below does.
         let max_devices = shared.config.max_devices_per_user;
         let registered = shared
             .router

@@ -108,25 +108,8 @@ impl Connection {
         let keep_alive_timer = tokio::time::sleep_until(self.keep_alive_due());
         tokio::pin!(shutdown, stop, keep_alive_timer);
         loop {
-            // Boxed: handling packets and writing need the largest states;
-            // inline they would size every idle connection's task.
-            if self.may_read() && !self.rbuf.is_empty() {
-                if let Some(close) = Box::pin(self.handle_buffered()).await {
-                    return close;
-                }
-            }
-            self.pump();
-            if !self.wbuf.is_empty() {
-                if let Err(close) = Box::pin(self.flush()).await {
-                    return close;
-                }
-            }
-            if self.logged_out {
-                return Close::LoggedOut;
-            }
-            if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
-                // an idle connection holds no read buffer
-                self.rbuf = BytesMut::new();
+            if let Err(close) = self.work_off().await {
+                return close;
             }
             let reading = self.may_read();
             tokio::select! {
@@ -165,6 +148,30 @@ impl Connection {
                 _ = self.cursor_timer.as_mut(), if self.cursor_flush_pending => self.flush_cursor(),
             }
         }
+    }
+
+    /// What is ready before the next wait: the packets already read, the
+    /// outbox pump, the writes. `Err` once the connection is to end.
+    async fn work_off(&mut self) -> Result<(), Close> {
+        // Boxed: handling packets and writing need the largest states;
+        // inline they would size every idle connection's task.
+        if self.may_read() && !self.rbuf.is_empty() {
+            if let Some(close) = Box::pin(self.handle_buffered()).await {
+                return Err(close);
+            }
+        }
+        self.pump();
+        if !self.wbuf.is_empty() {
+            Box::pin(self.flush()).await?;
+        }
+        if self.logged_out {
+            return Err(Close::LoggedOut);
+        }
+        if self.rbuf.is_empty() && self.rbuf.capacity() > 0 {
+            // an idle connection holds no read buffer
+            self.rbuf = BytesMut::new();
+        }
+        Ok(())
     }
 
     /// When the keep-alive runs out if nothing more arrives.
