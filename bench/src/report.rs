@@ -52,7 +52,8 @@ pub struct BrokerMemory {
     pub after_kb: u64,
     /// Peak RSS of the broker's life so far (`VmHWM`), KiB.
     pub peak_kb: u64,
-    /// (connected - before) / connections (stalled ones included), bytes.
+    /// (connected - before) / the connections made after `before` (stalled
+    /// ones included; `idle`: those after its warm-up), bytes.
     pub growth_per_connection_bytes: f64,
 }
 
@@ -150,6 +151,10 @@ pub struct Saturation {
     pub max_accepted_per_sec: f64,
     /// The most deliveries per second in any step.
     pub max_delivered_per_sec: f64,
+    /// Deliveries per second of the highest sustained step: the most the
+    /// broker delivers while keeping up (its fan-out ceiling, for `relay
+    /// --subscribers`).
+    pub sustained_delivered_per_sec: f64,
     /// Every step, in the order run.
     pub steps: Vec<SaturationStep>,
 }

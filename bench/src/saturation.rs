@@ -109,12 +109,13 @@ pub async fn search(args: &BenchArgs) -> anyhow::Result<Report> {
 
 fn summarize(steps: Vec<SaturationStep>) -> Saturation {
     let max = |f: fn(&SaturationStep) -> f64| steps.iter().map(f).fold(0.0, f64::max);
+    let best = steps
+        .iter()
+        .filter(|s| s.sustained)
+        .max_by(|a, b| a.rate.total_cmp(&b.rate));
     Saturation {
-        sustained_rate: steps
-            .iter()
-            .filter(|s| s.sustained)
-            .map(|s| s.rate)
-            .fold(0.0, f64::max),
+        sustained_rate: best.map_or(0.0, |s| s.rate),
+        sustained_delivered_per_sec: best.map_or(0.0, |s| s.delivered_per_sec),
         max_accepted_per_sec: max(|s| s.accepted_per_sec),
         max_delivered_per_sec: max(|s| s.delivered_per_sec),
         steps,

@@ -180,7 +180,7 @@ fn group(reports: &[Report]) -> Row {
     };
     let ceiling = find(reports, "mosquitto-fanout", "relay")
         .and_then(|r| r.saturation.as_ref())
-        .map(|s| s.max_delivered_per_sec);
+        .map(|s| s.sustained_delivered_per_sec);
     let target = group_target(ceiling);
     let p99 = group.delivery_latency.p99_ms;
     let ceiling_text = ceiling.map_or("not measured".to_string(), |c| format!("{c:.0}/s"));
@@ -316,6 +316,7 @@ mod tests {
                 sustained_rate: accepted * 0.9,
                 max_accepted_per_sec: accepted,
                 max_delivered_per_sec: accepted * 100.0,
+                sustained_delivered_per_sec: accepted * 90.0,
                 steps: Vec::new(),
             }),
             ..Report::default()
