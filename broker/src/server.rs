@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parley_storage::Store;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
@@ -287,10 +287,25 @@ async fn open_store(config: &Config) -> Result<Store, BrokerError> {
     Ok(store)
 }
 
+/// Connections the kernel queues for `accept` before it drops SYNs. A
+/// connect storm (thousands of devices reconnecting at once after a network
+/// blip or a restart) must not wait out SYN retransmits (1 s, 3 s, 7 s)
+/// because the queue was full; the kernel caps this at
+/// `net.core.somaxconn` (4096 by default).
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(addr: &SocketAddr, key: &str) -> Result<TcpListener, BrokerError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|error| BrokerError::io(format!("cannot bind {key} = {addr}"), error))
+    let fail =
+        |error: std::io::Error| BrokerError::io(format!("cannot bind {key} = {addr}"), error);
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(*addr).map_err(fail)?;
+    socket.listen(LISTEN_BACKLOG).map_err(fail)
 }
 
 fn local_addr(listener: &TcpListener) -> Result<SocketAddr, BrokerError> {
