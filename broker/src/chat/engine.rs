@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::commit::{Commit, SyncedWrite};
 use super::outcome::{encode_envelope, JobResult};
-use super::plan::{BatchPlan, Delivery, Effect, KnownUsers, Sequences, Services};
+use super::plan::{BatchPlan, Delivery, Effect, KnownUsers, PlannedBatch, Sequences, Services};
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::presence::Presence;
@@ -162,25 +162,21 @@ impl Engine {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>) {
-        let mut plan = BatchPlan::new(
+        let PlannedBatch {
+            results,
+            batch,
+            deliveries,
+            effects,
+            poisoned,
+        } = BatchPlan::new(
             &self.store,
             &self.known_users,
             &mut self.sequences,
             &self.config.limits,
             &self.outlets,
             now_ms(),
-        );
-        let results: Vec<JobResult> = jobs
-            .iter()
-            .map(|job| plan.apply(&job.user, &job.command))
-            .collect();
-        let BatchPlan {
-            batch,
-            deliveries,
-            effects,
-            poisoned,
-            ..
-        } = plan;
+        )
+        .plan_jobs(jobs.iter().map(|job| (job.user.as_str(), &job.command)));
         let committed = match poisoned {
             Some(error) => Err(error),
             None if batch.is_empty() => Ok(()),

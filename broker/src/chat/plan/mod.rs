@@ -138,6 +138,16 @@ pub(super) struct BatchPlan<'a> {
     cursors: HashMap<PairKey, ReadCursor>,
     /// Friend links changed by earlier jobs of this batch (`None`: deleted).
     friends: HashMap<PairKey, Option<FriendState>>,
+    batch: Batch,
+    deliveries: Vec<Delivery>,
+    effects: Vec<Effect>,
+    poisoned: Option<StorageError>,
+}
+
+/// A whole batch planned: each job's result, in job order, and what the
+/// commit writes and, once it is durable, delivers and does.
+pub(super) struct PlannedBatch {
+    pub results: Vec<JobResult>,
     pub batch: Batch,
     pub deliveries: Vec<Delivery>,
     pub effects: Vec<Effect>,
@@ -171,6 +181,24 @@ impl<'a> BatchPlan<'a> {
             deliveries: Vec::new(),
             effects: Vec::new(),
             poisoned: None,
+        }
+    }
+
+    /// Plans every job of a batch, in order, each seeing the ones before it.
+    pub(super) fn plan_jobs<'j>(
+        mut self,
+        jobs: impl IntoIterator<Item = (&'j str, &'j Command)>,
+    ) -> PlannedBatch {
+        let results = jobs
+            .into_iter()
+            .map(|(user, command)| self.apply(user, command))
+            .collect();
+        PlannedBatch {
+            results,
+            batch: self.batch,
+            deliveries: self.deliveries,
+            effects: self.effects,
+            poisoned: self.poisoned,
         }
     }
 

@@ -20,7 +20,9 @@ use parley_storage::{
 };
 use prost::Message as _;
 
-use super::{BatchPlan, Committed, Effect, JobResult, KnownUsers, Sequences, Services};
+use super::{
+    BatchPlan, Committed, Effect, JobResult, KnownUsers, PlannedBatch, Sequences, Services,
+};
 
 const NOW: i64 = 1_700_000_000_000;
 
@@ -125,25 +127,21 @@ impl Harness {
 
     /// Plans `jobs` as one batch and applies it, like the engine.
     fn batch(&mut self, jobs: &[(&str, Command)]) -> Planned {
-        let mut plan = BatchPlan::new(
+        let PlannedBatch {
+            results,
+            batch,
+            deliveries,
+            effects,
+            poisoned,
+        } = BatchPlan::new(
             &self.store,
             &self.known_users,
             &mut self.sequences,
             &self.limits,
             &self.services,
             self.now_ms,
-        );
-        let results = jobs
-            .iter()
-            .map(|(user, command)| plan.apply(user, command))
-            .collect();
-        let BatchPlan {
-            batch,
-            deliveries,
-            effects,
-            poisoned,
-            ..
-        } = plan;
+        )
+        .plan_jobs(jobs.iter().map(|(user, command)| (*user, command)));
         assert!(poisoned.is_none(), "{poisoned:?}");
         let deliveries = deliveries
             .into_iter()
