@@ -1113,6 +1113,9 @@ function endSession(message, forget) {
   data = null;
   sessionStorage.removeItem(SESSION_KEY);
   resetMemory();
+  // the hidden chat view must not keep saying "online" for the next login
+  conn = { state: "offline", detail: "signed out", retryAt: 0, manual: false };
+  $("conn").dataset.state = conn.state;
   $("login-user").value = user || "";
   $("chat-view").dataset.view = "list";
   showLogin(message);

@@ -705,6 +705,7 @@ async function main() {
     assert.match(await text(bob, "#login-error"), /signed out/i);
     await fill(bob, "#login-password", "bob-password");
     await bob.page.keyboard.press("Enter");
+    await bob.page.waitForSelector("#login-view[hidden]", { timeout: WAIT_MS });
     await waitOnline(bob);
     await bob.page.waitForSelector(`#conv-list button[data-channel="${dm}"]`, { timeout: WAIT_MS });
     // the same while offline: the reconnection is refused (CONNACK), and said so
