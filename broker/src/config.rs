@@ -133,6 +133,19 @@ pub struct Config {
     pub commit_batch_max: usize,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
+    /// NATS servers of the cluster, comma-separated (`nats://host:port`);
+    /// unset: a single node (no NATS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_nats_urls: Option<String>,
+    /// This node's name in the cluster (unique, stable across restarts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_node_id: Option<String>,
+    /// Replicas of the cluster's log stream and buckets (R3 in production).
+    pub cluster_replicas: usize,
+    /// Seconds a leader's lease lasts without renewal.
+    pub cluster_lease_ttl_secs: u64,
+    /// Seconds a node keeps retrying a request to the leader.
+    pub cluster_request_timeout_secs: u64,
 }
 
 /// A configuration that cannot be loaded; every variant names the key (or
@@ -282,7 +295,49 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
             return Err(invalid("log", format!("is not a valid log filter: {e}")));
         }
-        Ok(())
+        self.validate_cluster()
+    }
+
+    /// Cluster mode: the URLs parse, a node id is set, the lease can be renewed.
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        if !(1..=5).contains(&self.cluster_replicas) {
+            return Err(invalid("cluster_replicas", "must be between 1 and 5"));
+        }
+        if self.cluster_lease_ttl_secs < 2 {
+            return Err(invalid("cluster_lease_ttl_secs", "must be at least 2"));
+        }
+        if self.cluster_request_timeout_secs == 0 {
+            return Err(invalid(
+                "cluster_request_timeout_secs",
+                "must be at least 1",
+            ));
+        }
+        let Some(urls) = &self.cluster_nats_urls else {
+            return Ok(());
+        };
+        for url in urls.split(',').map(str::trim) {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() < 8 {
+                let message = format!("{url:?} is not a NATS URL (nats://host:port)");
+                return Err(invalid("cluster_nats_urls", message));
+            }
+        }
+        match &self.cluster_node_id {
+            Some(id) if parley_chat_logic::ids::is_valid_id(id) => Ok(()),
+            Some(id) => Err(invalid(
+                "cluster_node_id",
+                format!("{id:?} must be 1-64 letters, digits, '-' or '_'"),
+            )),
+            None => Err(invalid(
+                "cluster_node_id",
+                "must be set when cluster_nats_urls is",
+            )),
+        }
+    }
+
+    /// The cluster's NATS servers, when cluster mode is on.
+    pub fn cluster_urls(&self) -> Option<Vec<String>> {
+        let urls = self.cluster_nats_urls.as_ref()?;
+        Some(urls.split(',').map(|url| url.trim().to_owned()).collect())
     }
 
     /// The counts, timeouts and rates that must be at least 1 (the chat

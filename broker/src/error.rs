@@ -41,6 +41,10 @@ pub enum BrokerError {
     PasswordHash(String),
     #[error("the password verification pool has stopped")]
     VerifierStopped,
+    /// Cluster mode cannot start: NATS unreachable, a stream or bucket
+    /// that cannot be created.
+    #[error("cluster: {0}")]
+    Cluster(String),
 }
 
 impl BrokerError {

@@ -24,6 +24,8 @@
 //!   failed-login limits.
 //! - [`http`]: the HTTP API (register, login and discovery, logout,
 //!   password, health, metrics).
+//! - [`cluster`]: cluster mode on NATS JetStream: the replicated log, the
+//!   leader's lease, forwarding to the leader, the node registry.
 //! - [`rate`]: token buckets, the one rate rule of every limit.
 //! - [`clock`]: the wall clock in contract units.
 
@@ -31,6 +33,7 @@ pub mod accounts;
 pub mod auth;
 pub mod chat;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod http;

@@ -55,6 +55,26 @@ pub const ONLINE_USERS: &str = "parley_online_users";
 /// Live-only events (typing) handed to connected devices (counter).
 pub const LIVE_EVENTS_TOTAL: &str = "parley_live_events_total";
 
+/// 1 while this node leads the cluster, 0 otherwise (gauge).
+pub const CLUSTER_LEADER: &str = "parley_cluster_leader";
+/// Lease changes, label `change`: `acquired`, `released`, `lost`,
+/// `renew_failed` (counter).
+pub const CLUSTER_LEASE_CHANGES_TOTAL: &str = "parley_cluster_lease_changes_total";
+/// The last log seq applied to this node's store (gauge).
+pub const CLUSTER_APPLIED_SEQ: &str = "parley_cluster_applied_seq";
+/// Log entries after the applied one that the follower has not read yet (gauge).
+pub const CLUSTER_LOG_LAG: &str = "parley_cluster_log_lag";
+/// Duration of one log append, quorum ack included (histogram, seconds).
+pub const CLUSTER_APPEND_SECONDS: &str = "parley_cluster_log_append_seconds";
+/// Failed log append attempts, label `reason`: `wrong_last_sequence`,
+/// `unavailable` (counter).
+pub const CLUSTER_APPEND_ERRORS_TOTAL: &str = "parley_cluster_log_append_errors_total";
+/// Requests forwarded to the leader, label `result`: `ok`, `error`,
+/// `timeout` (counter).
+pub const CLUSTER_REQUESTS_TOTAL: &str = "parley_cluster_requests_total";
+/// Nodes in the registry at the last read (gauge).
+pub const CLUSTER_NODES_LIVE: &str = "parley_cluster_nodes_live";
+
 const COMMIT_SECONDS_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
 ];
@@ -91,6 +111,12 @@ fn install_once() -> PrometheusHandle {
             b.set_buckets_for_metric(
                 Matcher::Full(PUSH_SEND_SECONDS.to_owned()),
                 PUSH_SECONDS_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(CLUSTER_APPEND_SECONDS.to_owned()),
+                COMMIT_SECONDS_BUCKETS,
             )
         });
     let builder = match builder {
@@ -162,6 +188,67 @@ fn describe() {
         Unit::Seconds,
         "duration of one POST to the push gateway"
     );
+    describe_cluster();
+}
+
+fn describe_cluster() {
+    describe_gauge!(CLUSTER_LEADER, "1 while this node leads the cluster");
+    describe_counter!(
+        CLUSTER_LEASE_CHANGES_TOTAL,
+        "leader lease changes: acquired, released, lost, renew_failed"
+    );
+    describe_gauge!(CLUSTER_APPLIED_SEQ, "last log seq applied to this node");
+    describe_gauge!(CLUSTER_LOG_LAG, "log entries not yet read by this node");
+    describe_histogram!(
+        CLUSTER_APPEND_SECONDS,
+        Unit::Seconds,
+        "one log append, quorum ack included"
+    );
+    describe_counter!(
+        CLUSTER_APPEND_ERRORS_TOTAL,
+        "failed log appends: wrong_last_sequence, unavailable"
+    );
+    describe_counter!(
+        CLUSTER_REQUESTS_TOTAL,
+        "requests forwarded to the leader: ok, error, timeout"
+    );
+    describe_gauge!(CLUSTER_NODES_LIVE, "nodes in the registry");
+}
+
+/// This node started (`true`) or stopped leading the cluster.
+pub fn cluster_leader(leading: bool) {
+    gauge!(CLUSTER_LEADER).set(if leading { 1.0 } else { 0.0 });
+}
+
+/// The leader lease changed (`acquired`, `released`, `lost`, `renew_failed`).
+pub fn cluster_lease_change(change: &'static str) {
+    counter!(CLUSTER_LEASE_CHANGES_TOTAL, "change" => change).increment(1);
+}
+
+/// The follower applied log entry `seq`; `pending` more are in the log.
+pub fn cluster_applied(seq: u64, pending: u64) {
+    gauge!(CLUSTER_APPLIED_SEQ).set(seq as f64);
+    gauge!(CLUSTER_LOG_LAG).set(pending as f64);
+}
+
+/// One log append took `elapsed`.
+pub fn cluster_append(elapsed: Duration) {
+    histogram!(CLUSTER_APPEND_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// One log append attempt failed for `reason`.
+pub fn cluster_append_error(reason: &'static str) {
+    counter!(CLUSTER_APPEND_ERRORS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// A request forwarded to the leader ended with `result`.
+pub fn cluster_request(result: &'static str) {
+    counter!(CLUSTER_REQUESTS_TOTAL, "result" => result).increment(1);
+}
+
+/// `n` nodes were in the registry.
+pub fn cluster_nodes_live(n: usize) {
+    gauge!(CLUSTER_NODES_LIVE).set(n as f64);
 }
 
 /// Renders every metric in the Prometheus text format, after the upkeep the

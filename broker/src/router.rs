@@ -201,12 +201,21 @@ struct UserDevices {
     devices: HashMap<String, Device>,
 }
 
+/// Where live-only events for devices on other nodes go (the cluster's
+/// NATS subject); the other nodes hand them to [`Router::deliver_live`].
+pub trait LiveBus: Send + Sync + 'static {
+    /// Offers the encoded envelope `payload` to `users`' devices elsewhere.
+    fn live(&self, users: &[String], payload: Bytes);
+}
+
 /// Connected devices by user id, plus each user's highest committed inbox_seq.
 #[derive(Default)]
 pub struct Router {
     users: RwLock<HashMap<String, UserDevices>>,
     heads: RwLock<HashMap<String, Arc<AtomicU64>>>,
     next_conn_id: AtomicU64,
+    /// In a cluster: the other nodes' devices.
+    bus: std::sync::OnceLock<Arc<dyn LiveBus>>,
 }
 
 impl Router {
@@ -308,6 +317,42 @@ impl Router {
             .values()
             .filter(|device| device.live.offer(envelope.clone()))
             .count()
+    }
+
+    /// Connected devices, all users together (a scan: for the registry's
+    /// heartbeat, not for every packet).
+    pub fn connected_devices(&self) -> usize {
+        let users = self.users.read().unwrap_or_else(|e| e.into_inner());
+        users.values().map(|entry| entry.devices.len()).sum()
+    }
+
+    /// Cluster mode: live-only events also go to the other nodes through `bus`.
+    pub fn join_cluster(&self, bus: Arc<dyn LiveBus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// Offers a live-only event (`inbox_seq` 0: typing) to every device of
+    /// `users` here and, in a cluster, on every other node. Returns how many
+    /// queues here took it.
+    pub fn deliver_everywhere(&self, users: &[String], payload: Bytes) -> usize {
+        if let Some(bus) = self.bus.get() {
+            bus.live(users, payload.clone());
+        }
+        self.deliver_live(users, payload)
+    }
+
+    /// Offers a live-only event to every device of `users` on this node.
+    pub fn deliver_live(&self, users: &[String], payload: Bytes) -> usize {
+        users
+            .iter()
+            .map(|user| {
+                let envelope = LiveEnvelope {
+                    inbox_seq: 0,
+                    payload: payload.clone(),
+                };
+                self.deliver(user, envelope)
+            })
+            .sum()
     }
 
     /// Offers a presence update to every connected device of `observer`.

@@ -26,8 +26,10 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::chat::commit::{Commit, SyncedWrite};
 use crate::chat::engine::{self, EngineConfig};
 use crate::chat::ChatService;
+use crate::cluster::ClusterNode;
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::http::HttpState;
@@ -104,7 +106,7 @@ impl Broker {
         let config = Arc::new(config);
         let store = open_store(&config).await?;
         let tasks = TaskTracker::new();
-        let services = Services::start(&config, store, &shutdown, &tasks)?;
+        let services = Services::start(&config, store, &shutdown, &tasks).await?;
         let broker = Broker {
             mqtt_addr: local_addr(&bound.mqtt)?,
             ws_addr: local_addr(&bound.ws)?,
@@ -222,8 +224,9 @@ struct Services {
 }
 
 impl Services {
-    /// Starts presence, push and the engine thread on `store`.
-    fn start(
+    /// Starts presence, push and the engine thread on `store` (and, in
+    /// cluster mode, joins the cluster first).
+    async fn start(
         config: &Arc<Config>,
         store: Store,
         shutdown: &CancellationToken,
@@ -249,8 +252,31 @@ impl Services {
             presence: presence.clone(),
             push: push.clone(),
         };
-        let (engine, engine_thread) = engine::spawn(store.clone(), outlets, engine_config)
-            .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
+        let cluster = match config.cluster_nats_urls {
+            Some(_) => Some(Arc::new(
+                ClusterNode::connect(
+                    config,
+                    store.clone(),
+                    router.clone(),
+                    presence.clone(),
+                    push.clone(),
+                )
+                .await?,
+            )),
+            None => None,
+        };
+        let committer: Box<dyn Commit> = match &cluster {
+            Some(node) => node.committer(),
+            None => Box::new(SyncedWrite::new(store.clone())),
+        };
+        let (engine, engine_thread) =
+            engine::spawn(store.clone(), committer, outlets, engine_config)
+                .map_err(|error| BrokerError::io("cannot start the chat engine", error))?;
+        let limits = Arc::new(limits);
+        let engine = match &cluster {
+            Some(node) => node.start(engine, &store, limits.clone(), shutdown, tasks)?,
+            None => engine,
+        };
         let shared = Arc::new(Shared {
             config: config.clone(),
             store: store.clone(),
@@ -261,11 +287,12 @@ impl Services {
             chat: ChatService {
                 store,
                 engine,
-                limits: Arc::new(limits),
+                limits,
                 router,
                 presence,
                 push: push.clone(),
             },
+            cluster,
         });
         Ok(Services {
             shared,

@@ -59,6 +59,22 @@ pub enum StorageError {
         /// Version this build reads and writes.
         expected: u32,
     },
+
+    /// An encoded [`Batch`](crate::Batch) (an entry of a replicated log)
+    /// could not be decoded: truncated, of an unknown version, or naming an
+    /// unknown column family.
+    #[error("malformed encoded batch: {0}")]
+    BadBatch(String),
+
+    /// [`Store::replicate_through`](crate::Store::replicate_through) was
+    /// called on a store that already replicates its writes.
+    #[error("the store already replicates its writes")]
+    AlreadyReplicated,
+
+    /// A replicated write did not happen: no leader took it, the log
+    /// refused it, or it was not applied here in time (cluster mode).
+    #[error("replication: {0}")]
+    Replication(String),
 }
 
 impl StorageError {

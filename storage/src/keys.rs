@@ -78,6 +78,36 @@ impl Cf {
         }
     }
 
+    /// The family's number in an encoded [`Batch`](crate::Batch)
+    /// ([`Batch::encode`](crate::Batch::encode)): stable across versions,
+    /// so never renumber one; a new family takes the next unused number.
+    /// Unlike the declaration order, it does not change when families are
+    /// added (or reordered) later.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Cf::Users => 1,
+            Cf::Groups => 2,
+            Cf::Messages => 3,
+            Cf::Inbox => 4,
+            Cf::Dedup => 5,
+            Cf::Sessions => 6,
+            Cf::Tokens => 7,
+            Cf::UserTokens => 8,
+            Cf::Friends => 9,
+            Cf::UserChannels => 10,
+            Cf::Cursors => 11,
+            Cf::LastActive => 12,
+            Cf::PushDevices => 13,
+            Cf::PushJobs => 14,
+            Cf::Meta => 15,
+        }
+    }
+
+    /// The family whose [`Cf::code`] is `code`, `None` for an unknown one.
+    pub(crate) fn from_code(code: u8) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.code() == code)
+    }
+
     /// True for the large, append-mostly families (the chat log).
     pub(crate) fn is_log(self) -> bool {
         matches!(self, Cf::Messages | Cf::Inbox | Cf::Dedup)
@@ -255,6 +285,37 @@ mod tests {
             decode_user_token_key(&key),
             Some(("phone", &[0u8, 1, 2][..]))
         );
+    }
+
+    #[test]
+    fn family_codes_are_stable_and_round_trip() {
+        // The codes are in replicated logs: this table never changes, it
+        // only grows.
+        let pinned = [
+            (Cf::Users, 1),
+            (Cf::Groups, 2),
+            (Cf::Messages, 3),
+            (Cf::Inbox, 4),
+            (Cf::Dedup, 5),
+            (Cf::Sessions, 6),
+            (Cf::Tokens, 7),
+            (Cf::UserTokens, 8),
+            (Cf::Friends, 9),
+            (Cf::UserChannels, 10),
+            (Cf::Cursors, 11),
+            (Cf::LastActive, 12),
+            (Cf::PushDevices, 13),
+            (Cf::PushJobs, 14),
+            (Cf::Meta, 15),
+        ];
+        assert_eq!(pinned.len(), Cf::ALL.len(), "a new family needs a code");
+        for (cf, code) in pinned {
+            assert_eq!(cf.code(), code, "{cf:?}");
+            assert_eq!(Cf::from_code(code), Some(cf));
+        }
+        assert_eq!(Cf::from_code(0), None);
+        assert_eq!(Cf::from_code(16), None);
+        assert_eq!(Cf::from_code(u8::MAX), None);
     }
 
     #[test]

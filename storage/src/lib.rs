@@ -4,9 +4,12 @@
 //! encoding of every key and value, typed reads, atomic write batches and
 //! synced commits (the chat engine's group commit: many requests share one
 //! fsync); the narrow read trait the engine plans with ([`ChatState`]) and
-//! an in-memory implementation of it ([`MemoryStore`]).
+//! an in-memory implementation of it ([`MemoryStore`]); the binary encoding
+//! of a batch and the hook ([`Replicate`]) through which a cluster takes
+//! over the writes of [`Store`]'s direct mutators.
 //!
-//! Must not: speak MQTT, touch the network, or apply chat rules (who may
+//! Must not: speak MQTT, touch the network (a replicator does that), or
+//! apply chat rules (who may
 //! post where, what the next `seq` is, who receives what). It stores what
 //! the broker decided and reads it back; every call blocks on disk I/O, so
 //! async callers use `spawn_blocking` or a dedicated thread.
@@ -22,7 +25,12 @@
 //!   plans with, implemented by [`Store`] and [`MemoryStore`]; its
 //!   conformance suite runs against both (`state/tests.rs`).
 //! - `batch.rs`: [`Batch`], the writes of one commit as plain data (no
-//!   handle to a store), and [`Store::commit`], one RocksDB write.
+//!   handle to a store), its binary encoding ([`Batch::encode`],
+//!   [`Batch::decode`]: an entry of a cluster's log), and [`Store::commit`],
+//!   one RocksDB write.
+//! - `replicate.rs`: [`Replicate`], where a cluster node's direct mutators
+//!   send their batches ([`Store::replicate_through`]) instead of the data
+//!   dir, and [`Store::commit_applied`], the applying of a log entry.
 //! - `memory.rs`: [`MemoryStore`], the same bytes in ordered maps in
 //!   memory, for tests of planning; it applies the same batches.
 //! - `tokens.rs`: session tokens by digest, and each account's index of them.
@@ -64,6 +72,7 @@
 //! | `push_jobs` | `job_id_be64` | [`PushJob`], JSON: a notification waiting to be sent |
 //! | `meta` | `format_version` | `u32` big-endian, 1 |
 //! | `meta` | `user_channels_built` | empty: present once `user_channels` is complete (set in a new data dir, or by the backfill at open) |
+//! | `meta` | `cluster_applied_seq` | `u64` big-endian: the last entry of the cluster's log applied here ([`Store::applied_seq`]; absent on a single node) |
 //!
 //! Messages are stored once and referenced from every member's inbox, so a
 //! message to a 100-member group stores its text once and 100 small entries.
@@ -79,6 +88,7 @@ mod memory;
 mod presence;
 mod push;
 mod records;
+mod replicate;
 mod scan;
 mod state;
 mod store;
@@ -94,6 +104,7 @@ pub use parley_chat_logic::group::Group;
 pub use parley_chat_logic::ReadCursor;
 pub use push::{PushJob, PushRegistration, PUSH_BODY_CHARS};
 pub use records::{AccountKind, InboxEntry, SessionRecord, TokenRecord, UserRecord};
+pub use replicate::Replicate;
 pub use state::ChatState;
 pub use store::Store;
 pub use tokens::TokenFilter;

@@ -4,6 +4,7 @@
 //! Written often and worth little after a crash, so writes are not synced:
 //! the broker syncs the write-ahead log at shutdown ([`Store::sync_wal`]).
 
+use crate::batch::Batch;
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
 use crate::store::Store;
@@ -11,12 +12,22 @@ use crate::store::Store;
 /// Length of a stored time.
 const TIME_LEN: usize = 8;
 
+impl Batch {
+    /// Records that `user` was last active at `ms` (since the Unix epoch).
+    pub(crate) fn set_last_active(&mut self, user: &str, ms: i64) -> Result<(), StorageError> {
+        let key = keys::id_key(user)?;
+        self.put(Cf::LastActive, key, ms.to_be_bytes().to_vec());
+        Ok(())
+    }
+}
+
 impl Store {
     /// Records that `user` was last active at `ms` (since the Unix epoch).
     /// Not synced: a crash may lose it.
     pub fn set_last_active(&self, user: &str, ms: i64) -> Result<(), StorageError> {
-        let key = keys::id_key(user)?;
-        self.put(Cf::LastActive, &key, &ms.to_be_bytes(), false)
+        let mut batch = Batch::new();
+        batch.set_last_active(user, ms)?;
+        self.write(batch, false)
     }
 
     /// When `user` was last active (ms since the Unix epoch), if ever.

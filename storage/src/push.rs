@@ -12,14 +12,14 @@
 //! (the broker's `push` module does).
 
 use parley_proto::v1::ChatMessage;
-use rocksdb::{ReadOptions, WriteBatch};
+use rocksdb::ReadOptions;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
 use crate::records;
-use crate::store::{write_options, Store};
+use crate::store::Store;
 
 /// Characters (Unicode scalar values) of a message's text a notification carries.
 pub const PUSH_BODY_CHARS: usize = 100;
@@ -87,6 +87,34 @@ impl Batch {
         self.put(Cf::PushJobs, keys::encode_seq(id).to_vec(), value);
         Ok(())
     }
+
+    /// Removes the push job `id` (nothing happens if there is none).
+    pub(crate) fn delete_push_job(&mut self, id: u64) {
+        self.delete(Cf::PushJobs, keys::encode_seq(id).to_vec());
+    }
+
+    /// Creates or replaces the push registration of `user`'s `device`.
+    pub(crate) fn put_push_registration(
+        &mut self,
+        user: &str,
+        device: &str,
+        registration: &PushRegistration,
+    ) -> Result<(), StorageError> {
+        let value = records::to_json("push registration", registration)?;
+        self.put(Cf::PushDevices, keys::pair_key(user, device)?, value);
+        Ok(())
+    }
+
+    /// Removes the push registration of `user`'s `device` (nothing happens
+    /// if there is none).
+    pub(crate) fn delete_push_registration(
+        &mut self,
+        user: &str,
+        device: &str,
+    ) -> Result<(), StorageError> {
+        self.delete(Cf::PushDevices, keys::pair_key(user, device)?);
+        Ok(())
+    }
 }
 
 impl Store {
@@ -97,9 +125,9 @@ impl Store {
         device: &str,
         registration: &PushRegistration,
     ) -> Result<(), StorageError> {
-        let value = records::to_json("push registration", registration)?;
-        let key = keys::pair_key(user, device)?;
-        self.put(Cf::PushDevices, &key, &value, true)
+        let mut batch = Batch::new();
+        batch.put_push_registration(user, device, registration)?;
+        self.write(batch, true)
     }
 
     /// Removes the push registration of `user`'s `device`; false if it had
@@ -109,8 +137,9 @@ impl Store {
         if self.get(Cf::PushDevices, &key)?.is_none() {
             return Ok(false);
         }
-        self.db
-            .delete_cf_opt(self.cf(Cf::PushDevices)?, key, &write_options(true))?;
+        let mut batch = Batch::new();
+        batch.delete_push_registration(user, device)?;
+        self.write(batch, true)?;
         Ok(true)
     }
 
@@ -146,16 +175,16 @@ impl Store {
         user: &str,
         pushkeys: &[String],
     ) -> Result<usize, StorageError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::new();
         let mut deleted = 0;
         for (device, registration) in self.push_registrations(user)? {
             if pushkeys.contains(&registration.pushkey) {
-                batch.delete_cf(self.cf(Cf::PushDevices)?, keys::pair_key(user, &device)?);
+                batch.delete_push_registration(user, &device)?;
                 deleted += 1;
             }
         }
         if deleted > 0 {
-            self.db.write_opt(batch, &write_options(true))?;
+            self.write(batch, true)?;
         }
         Ok(deleted)
     }
@@ -213,18 +242,16 @@ impl Store {
 
     /// Replaces the push job `id` (after a failed attempt). Not synced.
     pub fn update_push_job(&self, id: u64, job: &PushJob) -> Result<(), StorageError> {
-        let value = records::to_json("push job", job)?;
-        self.put(Cf::PushJobs, &keys::encode_seq(id), &value, false)
+        let mut batch = Batch::new();
+        batch.put_push_job(id, job)?;
+        self.write(batch, false)
     }
 
     /// Removes the push job `id` (sent or given up). Not synced.
     pub fn delete_push_job(&self, id: u64) -> Result<(), StorageError> {
-        self.db.delete_cf_opt(
-            self.cf(Cf::PushJobs)?,
-            keys::encode_seq(id),
-            &write_options(false),
-        )?;
-        Ok(())
+        let mut batch = Batch::new();
+        batch.delete_push_job(id);
+        self.write(batch, false)
     }
 }
 
@@ -410,8 +437,10 @@ mod tests {
     #[test]
     fn a_corrupt_job_is_an_error_naming_the_family() {
         let (_dir, store) = temp_store();
+        let jobs = store.cf(Cf::PushJobs).unwrap();
         store
-            .put(Cf::PushJobs, &keys::encode_seq(5), b"{not json", true)
+            .db
+            .put_cf(jobs, keys::encode_seq(5), b"{not json")
             .unwrap();
         let err = store.push_jobs(0, 10).unwrap_err();
         assert!(err.to_string().contains("push_jobs"), "{err}");

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parley_chat_logic::group::Group;
 use parley_proto::v1::ChatMessage;
@@ -18,6 +18,7 @@ use crate::conversations::USER_CHANNELS_BUILT_KEY;
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
 use crate::records::{self, SessionRecord, UserRecord};
+use crate::replicate::Replicate;
 
 /// The RocksDB handle type. Column families are only created at open, so the
 /// single-threaded flavour (no lock around the family map) is enough.
@@ -44,15 +45,23 @@ const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 ///
 /// Every method blocks on disk I/O; async callers use `spawn_blocking` or a
 /// dedicated thread.
+///
+/// The direct mutators (`put_user`, `put_token`, `set_last_active`, ...)
+/// write to the data dir, or, once [`Store::replicate_through`] was called
+/// on this handle or any clone of it, hand their writes to the replicator.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) db: Arc<Db>,
+    /// Where the direct mutators send their writes instead of the data dir
+    /// (empty on a single node); shared by every clone.
+    pub(crate) replicator: Arc<OnceLock<Arc<dyn Replicate>>>,
 }
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Store")
             .field("path", &self.db.path())
+            .field("replicated", &self.is_replicated())
             .finish()
     }
 }
@@ -70,7 +79,10 @@ impl Store {
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), family_options(*cf, &cache)));
         let db = Db::open_cf_descriptors(&db_options(), path, families)
             .map_err(|e| open_error(path, e))?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            replicator: Arc::new(OnceLock::new()),
+        };
         store.check_format_version()?;
         store.build_user_channels_if_missing()?;
         debug!(path = %path.display(), "storage opened");
@@ -93,7 +105,7 @@ impl Store {
     pub fn put_user(&self, id: &str, user: &UserRecord) -> Result<(), StorageError> {
         let mut batch = Batch::new();
         batch.put_user(id, user)?;
-        self.commit(batch, true)
+        self.write(batch, true)
     }
 
     /// The group `id` (without the `g:` prefix), if it exists.
@@ -142,21 +154,16 @@ impl Store {
         device: &str,
         session: &SessionRecord,
     ) -> Result<(), StorageError> {
-        let value = records::to_json("session", session)?;
-        self.put(
-            Cf::Sessions,
-            &keys::session_key(user, device)?,
-            &value,
-            true,
-        )
+        let mut batch = Batch::new();
+        batch.put_session(user, device, session)?;
+        self.write(batch, true)
     }
 
     /// Removes a durable session (no error if there is none); synced.
     pub fn delete_session(&self, user: &str, device: &str) -> Result<(), StorageError> {
-        let key = keys::session_key(user, device)?;
-        self.db
-            .delete_cf_opt(self.cf(Cf::Sessions)?, key, &write_options(true))?;
-        Ok(())
+        let mut batch = Batch::new();
+        batch.delete_session(user, device)?;
+        self.write(batch, true)
     }
 
     /// Moves a session's `acked_inbox_seq` forward to `acked` (never back).
@@ -175,8 +182,9 @@ impl Store {
         };
         if acked > session.acked_inbox_seq {
             session.acked_inbox_seq = acked;
-            let value = records::to_json("session", &session)?;
-            self.put(Cf::Sessions, &key, &value, false)?;
+            let mut batch = Batch::new();
+            batch.put_session(user, device, &session)?;
+            self.write(batch, false)?;
         }
         Ok(true)
     }
@@ -214,18 +222,6 @@ impl Store {
         records::from_json(cf.name(), key, &bytes).map(Some)
     }
 
-    pub(crate) fn put(
-        &self,
-        cf: Cf,
-        key: &[u8],
-        value: &[u8],
-        sync: bool,
-    ) -> Result<(), StorageError> {
-        self.db
-            .put_cf_opt(self.cf(cf)?, key, value, &write_options(sync))?;
-        Ok(())
-    }
-
     /// Records the format version in a new data dir, refuses a foreign one.
     /// A new data dir also starts with every index complete (nothing to
     /// backfill), so it gets the keys saying so in the same synced write.
@@ -248,6 +244,27 @@ impl Store {
                 expected: FORMAT_VERSION,
             });
         }
+        Ok(())
+    }
+}
+
+impl Batch {
+    /// Creates or replaces the durable session of `user`'s `device`.
+    pub(crate) fn put_session(
+        &mut self,
+        user: &str,
+        device: &str,
+        session: &SessionRecord,
+    ) -> Result<(), StorageError> {
+        let value = records::to_json("session", session)?;
+        self.put(Cf::Sessions, keys::session_key(user, device)?, value);
+        Ok(())
+    }
+
+    /// Removes the durable session of `user`'s `device` (nothing happens if
+    /// there is none).
+    pub(crate) fn delete_session(&mut self, user: &str, device: &str) -> Result<(), StorageError> {
+        self.delete(Cf::Sessions, keys::session_key(user, device)?);
         Ok(())
     }
 }

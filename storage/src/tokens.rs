@@ -4,26 +4,51 @@
 //!
 //! The broker computes digests (it owns the token format); this file only
 //! stores them. A record and its index entry are always written and deleted
-//! together in one synced batch.
+//! together in one synced (or replicated) batch.
 
-use rocksdb::{Direction, IteratorMode, WriteBatch};
+use rocksdb::{Direction, IteratorMode};
 
+use crate::batch::Batch;
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
 use crate::records::{self, TokenRecord};
-use crate::store::{write_options, Store};
+use crate::store::Store;
+
+impl Batch {
+    /// Stores `token` under `digest`, with its entry in the account's index.
+    pub(crate) fn put_token(
+        &mut self,
+        digest: &[u8],
+        token: &TokenRecord,
+    ) -> Result<(), StorageError> {
+        let value = records::to_json("token", token)?;
+        let device = token.device.as_deref().unwrap_or("");
+        let index = keys::user_token_key(&token.user, device, digest)?;
+        self.put(Cf::Tokens, digest.to_vec(), value);
+        self.put(Cf::UserTokens, index, Vec::new());
+        Ok(())
+    }
+
+    /// Removes the token `digest` of `user`'s `device` and its index entry.
+    pub(crate) fn delete_token(
+        &mut self,
+        user: &str,
+        device: &str,
+        digest: &[u8],
+    ) -> Result<(), StorageError> {
+        let index = keys::user_token_key(user, device, digest)?;
+        self.delete(Cf::Tokens, digest.to_vec());
+        self.delete(Cf::UserTokens, index);
+        Ok(())
+    }
+}
 
 impl Store {
     /// Stores a new token under `digest`; synced before it returns.
     pub fn put_token(&self, digest: &[u8], token: &TokenRecord) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        let value = records::to_json("token", token)?;
-        batch.put_cf(self.cf(Cf::Tokens)?, digest, value);
-        let device = token.device.as_deref().unwrap_or("");
-        let index = keys::user_token_key(&token.user, device, digest)?;
-        batch.put_cf(self.cf(Cf::UserTokens)?, index, []);
-        self.db.write_opt(batch, &write_options(true))?;
-        Ok(())
+        let mut batch = Batch::new();
+        batch.put_token(digest, token)?;
+        self.write(batch, true)
     }
 
     /// The token whose digest is `digest`, if it exists (expired or not).
@@ -36,10 +61,10 @@ impl Store {
         let Some(token) = self.token(digest)? else {
             return Ok(false);
         };
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::new();
         let device = token.device.as_deref().unwrap_or("");
-        self.delete_token_into(&mut batch, &token.user, device, digest)?;
-        self.db.write_opt(batch, &write_options(true))?;
+        batch.delete_token(&token.user, device, digest)?;
+        self.write(batch, true)?;
         Ok(true)
     }
 
@@ -52,7 +77,7 @@ impl Store {
         filter: TokenFilter<'_>,
         now_ms: i64,
     ) -> Result<usize, StorageError> {
-        let mut batch = WriteBatch::default();
+        let mut batch = Batch::new();
         let mut deleted = 0;
         for (device, digest) in self.token_index(user, filter.device)? {
             if filter.keep == Some(digest.as_slice()) {
@@ -66,11 +91,11 @@ impl Store {
                     continue;
                 }
             }
-            self.delete_token_into(&mut batch, user, &device, &digest)?;
+            batch.delete_token(user, &device, &digest)?;
             deleted += 1;
         }
         if deleted > 0 {
-            self.db.write_opt(batch, &write_options(true))?;
+            self.write(batch, true)?;
         }
         Ok(deleted)
     }
@@ -95,19 +120,6 @@ impl Store {
             found.push((device.to_owned(), digest.to_vec()));
         }
         Ok(found)
-    }
-
-    fn delete_token_into(
-        &self,
-        batch: &mut WriteBatch,
-        user: &str,
-        device: &str,
-        digest: &[u8],
-    ) -> Result<(), StorageError> {
-        batch.delete_cf(self.cf(Cf::Tokens)?, digest);
-        let index = keys::user_token_key(user, device, digest)?;
-        batch.delete_cf(self.cf(Cf::UserTokens)?, index);
-        Ok(())
     }
 }
 

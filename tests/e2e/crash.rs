@@ -20,7 +20,7 @@
 //! `broker.log` in the run's temp dir; its tail is printed if a check fails.
 
 mod ledger;
-mod process;
+pub(crate) mod process;
 mod verify;
 
 use std::collections::HashMap;

@@ -11,6 +11,7 @@
 
 mod acl;
 mod attacks;
+mod cluster;
 mod crash;
 mod direct;
 mod errors;
@@ -19,6 +20,7 @@ mod groups;
 mod http_api;
 mod independent_client;
 mod limits;
+mod nats_harness;
 mod presence;
 mod push;
 mod quotas;

@@ -18,9 +18,12 @@
 //! - [`wire`]: request builders, reply checks and hand-made MQTT bytes.
 //! - [`tls`]: a throwaway CA and server certificate, TLS client configs,
 //!   a bare HTTPS GET ([`Builder::tls`] turns the broker's TLS on).
+//! - [`nats`]: a NATS JetStream cluster of real `nats-server` processes on
+//!   loopback ([`nats::NatsCluster`]), for the broker's cluster mode.
 
 pub mod gateway;
 pub mod http;
+pub mod nats;
 pub mod raw;
 pub mod tls;
 pub mod wire;

@@ -6,7 +6,7 @@
 //! commit), answers reads from the store ([`reads`]), forwards live-only
 //! events ([`typing`]), and always yields exactly one `Reply`.
 
-mod commit;
+pub mod commit;
 pub mod engine;
 mod outcome;
 mod plan;
@@ -88,7 +88,7 @@ impl ChatService {
             .command
             .and_then(|command| allowed_for(requester.user, command))
         {
-            Ok(command) => self.start(requester, command).await,
+            Ok(command) => self.start(requester, command, payload).await,
             Err(error) => Pending::Ready(Err(error)),
         };
         let reply = async move {
@@ -117,7 +117,7 @@ impl ChatService {
         }
     }
 
-    async fn start(&self, requester: Requester<'_>, command: Command) -> Pending {
+    async fn start(&self, requester: Requester<'_>, command: Command, request: &[u8]) -> Pending {
         let user = requester.user.to_owned();
         let device = requester.device.to_owned();
         let store = self.store.clone();
@@ -168,7 +168,7 @@ impl ChatService {
                     Ok(ack_now())
                 }))
             }
-            write => match self.engine.submit(user, write).await {
+            write => match self.engine.submit(user, write, request).await {
                 Ok(result) => Pending::Engine(result),
                 Err(error) => Pending::Ready(Err(error)),
             },

@@ -12,7 +12,7 @@ use super::outcome::{encode_body, encode_envelope};
 use super::plan::StoreDirectory;
 use crate::metrics as m;
 use crate::rate::{Bucket, Quota};
-use crate::router::{LiveEnvelope, Router};
+use crate::router::Router;
 
 /// Typing notices one device may send per second, on average.
 pub const TYPING_PER_SEC: u32 = 2;
@@ -65,16 +65,7 @@ pub fn forward(
         user: user.to_owned(),
     });
     let payload = encode_envelope(0, &encode_body(event));
-    let devices: usize = others
-        .iter()
-        .map(|other| {
-            let envelope = LiveEnvelope {
-                inbox_seq: 0,
-                payload: payload.clone(),
-            };
-            router.deliver(other, envelope)
-        })
-        .sum();
+    let devices = router.deliver_everywhere(&others, payload);
     m::live_events(devices as u64);
     Ok(Ack {
         channel: channel.id(),

@@ -86,6 +86,11 @@ pub(super) const KEYS: &[Key] = &[
     key("allow_password_login", Kind::Bool),
     key("commit_batch_max", U32),
     key("log", Kind::Text),
+    optional("cluster_nats_urls", Kind::Text),
+    optional("cluster_node_id", Kind::Text),
+    key("cluster_replicas", U32),
+    key("cluster_lease_ttl_secs", U32),
+    key("cluster_request_timeout_secs", U32),
 ];
 
 pub(super) fn key_names() -> String {

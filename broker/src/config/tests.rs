@@ -82,6 +82,8 @@ fn every_key_is_documented_and_matches_the_struct() {
     full.tls_cert = Some("c.pem".into());
     full.tls_key = Some("k.pem".into());
     full.push_gateway = Some("http://x".into());
+    full.cluster_nats_urls = Some("nats://127.0.0.1:4222".into());
+    full.cluster_node_id = Some("node-1".into());
     let table = Table::try_from(&full).unwrap();
     let fields: Vec<&str> = table.keys().map(String::as_str).collect();
     let mut keys: Vec<&str> = KEYS.iter().map(|k| k.name).collect();
@@ -89,6 +91,31 @@ fn every_key_is_documented_and_matches_the_struct() {
     fields_sorted.sort_unstable();
     keys.sort_unstable();
     assert_eq!(fields_sorted, keys);
+}
+
+#[test]
+fn cluster_mode_needs_nats_urls_and_a_node_id() {
+    let mut c = Config::defaults();
+    assert_eq!(c.cluster_urls(), None, "single node by default");
+    c.cluster_nats_urls = Some("nats://a:4222, nats://b:4222".into());
+    let error = c.validate().unwrap_err().to_string();
+    assert!(error.contains("cluster_node_id"), "{error}");
+    c.cluster_node_id = Some("node 1".into());
+    let error = c.validate().unwrap_err().to_string();
+    assert!(error.contains("cluster_node_id"), "{error}");
+    c.cluster_node_id = Some("node-1".into());
+    c.validate().unwrap();
+    assert_eq!(
+        c.cluster_urls().unwrap(),
+        ["nats://a:4222", "nats://b:4222"]
+    );
+    c.cluster_nats_urls = Some("http://a:4222".into());
+    let error = c.validate().unwrap_err().to_string();
+    assert!(error.contains("cluster_nats_urls"), "{error}");
+    c.cluster_nats_urls = None;
+    c.cluster_lease_ttl_secs = 1;
+    let error = c.validate().unwrap_err().to_string();
+    assert!(error.contains("cluster_lease_ttl_secs"), "{error}");
 }
 
 #[test]

@@ -4,6 +4,11 @@
 //! balancer, another name), else from the host the client used to reach
 //! the HTTP API (its `Host` header) and the port the listener is bound to;
 //! a transport whose listener is off is `null`.
+//!
+//! In a cluster, a login on any node answers the endpoints of the live node
+//! with the fewest connections, from the node registry ([`Directory`]).
+//! Nodes register their URLs with [`HOST`] in place of the host; it becomes
+//! the host the client used, as for a single node.
 
 use std::net::SocketAddr;
 
@@ -29,11 +34,23 @@ pub struct Endpoints {
     pub wss: Option<String>,
 }
 
-/// What discovery knows: the configured URLs and the bound listeners.
-#[derive(Debug, Clone)]
+/// Stands for the request's host in registered URLs.
+pub const HOST: &str = "{host}";
+
+/// The cluster's live nodes, for login discovery.
+pub trait Directory: Send + Sync + 'static {
+    /// The registered endpoints of the live, not draining node with the
+    /// fewest connections; `None` before the registry has been read.
+    fn least_loaded(&self) -> Option<Endpoints>;
+}
+
+/// What discovery knows: the configured URLs and the bound listeners (and,
+/// in a cluster, the registry).
+#[derive(Clone)]
 pub struct Discovery {
     configured: Endpoints,
     listeners: Listeners,
+    directory: Option<std::sync::Arc<dyn Directory>>,
 }
 
 impl Discovery {
@@ -46,16 +63,49 @@ impl Discovery {
                 wss: config.discovery_wss.clone(),
             },
             listeners,
+            directory: None,
         }
+    }
+
+    /// Answers with the cluster's least loaded node from `directory`.
+    pub fn with_directory(mut self, directory: std::sync::Arc<dyn Directory>) -> Self {
+        self.directory = Some(directory);
+        self
     }
 
     /// The endpoints for a request that reached the API as `host_header`.
     pub fn endpoints(&self, host_header: Option<&str>) -> Endpoints {
         let host = host_header.and_then(host_of).unwrap_or("localhost");
+        let chosen = self.directory.as_ref().and_then(|d| d.least_loaded());
+        match chosen {
+            Some(registered) => with_host(registered, host),
+            None => self.own_endpoints(host),
+        }
+    }
+
+    /// This node's endpoints as it registers them in a cluster: the
+    /// `discovery_*` URLs, else the bound address, else (bound to all
+    /// interfaces) [`HOST`] and the port.
+    pub fn registered(&self) -> Endpoints {
+        self.urls(|addr| match addr.ip().is_unspecified() {
+            true => HOST.to_owned(),
+            false => match addr {
+                SocketAddr::V4(v4) => v4.ip().to_string(),
+                SocketAddr::V6(v6) => format!("[{}]", v6.ip()),
+            },
+        })
+    }
+
+    fn own_endpoints(&self, host: &str) -> Endpoints {
+        self.urls(|_| host.to_owned())
+    }
+
+    /// The configured URLs, else `scheme://{host_of(bound)}:{port}`.
+    fn urls(&self, host_of: impl Fn(&SocketAddr) -> String) -> Endpoints {
         let url =
             |configured: &Option<String>, bound: Option<SocketAddr>, scheme: &str, path: &str| {
                 configured.clone().or_else(|| {
-                    bound.map(|addr| format!("{scheme}://{host}:{}{path}", addr.port()))
+                    bound.map(|addr| format!("{scheme}://{}:{}{path}", host_of(&addr), addr.port()))
                 })
             };
         let (c, l) = (&self.configured, &self.listeners);
@@ -65,6 +115,17 @@ impl Discovery {
             ws: url(&c.ws, l.ws, "ws", "/mqtt"),
             wss: url(&c.wss, l.wss, "wss", "/mqtt"),
         }
+    }
+}
+
+/// `registered` with [`HOST`] replaced by `host`.
+fn with_host(registered: Endpoints, host: &str) -> Endpoints {
+    let fill = |url: Option<String>| url.map(|url| url.replace(HOST, host));
+    Endpoints {
+        tcp: fill(registered.tcp),
+        tls: fill(registered.tls),
+        ws: fill(registered.ws),
+        wss: fill(registered.wss),
     }
 }
 

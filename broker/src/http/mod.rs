@@ -73,7 +73,11 @@ impl HttpState {
     /// `metrics`: the handle from [`crate::metrics::install`]; `listeners`:
     /// the bound MQTT listeners, for discovery.
     pub fn new(shared: Arc<Shared>, metrics: PrometheusHandle, listeners: Listeners) -> Self {
-        let discovery = Discovery::new(&shared.config, listeners);
+        let mut discovery = Discovery::new(&shared.config, listeners);
+        if let Some(cluster) = &shared.cluster {
+            cluster.advertise(discovery.registered());
+            discovery = discovery.with_directory(cluster.directory());
+        }
         HttpState(Arc::new(Api {
             shared,
             metrics,

@@ -35,11 +35,11 @@ pub async fn send(
     JsonBody(body): JsonBody<SystemMessageBody>,
 ) -> Result<Json<Value>, ApiError> {
     let service = service_of(&state, &text).await?;
-    let command = decode(body, &state)?;
+    let (command, request) = decode(body, &state)?;
     let chat = &state.shared.chat;
     let committed = chat
         .engine
-        .submit(service.clone(), command)
+        .submit(service.clone(), command, &request)
         .await
         .map_err(ApiError::from_chat)?
         .await
@@ -77,7 +77,9 @@ async fn service_of(state: &HttpState, text: &str) -> Result<String, ApiError> {
 
 /// The body as a validated command, through the one decoder every
 /// `Request` goes through.
-fn decode(body: SystemMessageBody, state: &HttpState) -> Result<Command, ApiError> {
+/// The command, and the encoded request it was decoded from (what a
+/// cluster node forwards to the leader).
+fn decode(body: SystemMessageBody, state: &HttpState) -> Result<(Command, Vec<u8>), ApiError> {
     let request = v1::Request {
         request_id: String::new(),
         body: Some(request::Body::System(v1::SystemMessage {
@@ -87,6 +89,8 @@ fn decode(body: SystemMessageBody, state: &HttpState) -> Result<Command, ApiErro
             users: body.users,
         })),
     };
-    let decoded = decode_request(&request.encode_to_vec(), &state.shared.chat.limits);
-    decoded.command.map_err(ApiError::from_chat)
+    let encoded = request.encode_to_vec();
+    let decoded = decode_request(&encoded, &state.shared.chat.limits);
+    let command = decoded.command.map_err(ApiError::from_chat)?;
+    Ok((command, encoded))
 }

@@ -38,4 +38,6 @@ pub struct Shared {
     pub presence: Arc<crate::presence::Presence>,
     pub chat: ChatService,
     pub auth: crate::auth::Authenticator,
+    /// Cluster mode: this node's place in the cluster.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }

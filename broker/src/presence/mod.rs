@@ -23,10 +23,11 @@
 //! [`Presence::friendship_changed`]) or know about sockets: connections
 //! report packets through their [`DevicePresence`].
 
+mod remote;
 mod tracker;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -38,6 +39,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use remote::PresenceBus;
+use remote::RemoteUsers;
 use tracker::Tracker;
 pub use tracker::{Departure, DeviceClock, Transition};
 
@@ -69,6 +72,10 @@ pub struct Presence {
     store: Store,
     router: Arc<Router>,
     changes: mpsc::UnboundedSender<Change>,
+    /// In a cluster: the users other nodes have online (locked after
+    /// `tracker`, never before), and where this node's changes go.
+    remote: Mutex<RemoteUsers>,
+    bus: OnceLock<Arc<dyn PresenceBus>>,
 }
 
 impl Presence {
@@ -92,6 +99,8 @@ impl Presence {
             store,
             router,
             changes,
+            remote: Mutex::default(),
+            bus: OnceLock::new(),
         });
         tasks.spawn(publish(presence.clone(), queue, shutdown.clone()));
         let every = sweep_interval(timeout);
@@ -123,13 +132,74 @@ impl Presence {
         self.tell(&tracker, transition);
     }
 
-    /// Those of `users` with no online device, under one lock.
+    /// Those of `users` with no online device (on any node), under one lock.
     pub fn offline_among<'u>(&self, users: Vec<&'u String>) -> Vec<&'u String> {
         let tracker = self.tracker();
+        let remote = self.remote();
         users
             .into_iter()
-            .filter(|user| !tracker.is_online(user))
+            .filter(|user| !tracker.is_online(user) && !remote.is_online(user))
             .collect()
+    }
+
+    /// Cluster mode: this node's changes are reported through `bus`.
+    pub fn join_cluster(&self, bus: Arc<dyn PresenceBus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    /// The users with a device online on this node.
+    pub fn local_online_users(&self) -> Vec<String> {
+        let online = self.tracker().online_users();
+        online.into_iter().map(|(user, _)| user).collect()
+    }
+
+    /// Another node reports `user` online or offline there.
+    pub fn remote_changed(&self, node: &str, user: &str, online: bool) {
+        self.change_remote(&[user.to_owned()], |remote| remote.set(node, user, online));
+    }
+
+    /// Another node's whole set of online users (its periodic report).
+    pub fn remote_full(&self, node: &str, online: &[String]) {
+        let changed = self.remote().replace_node(node, online);
+        // the changed users' aggregate is recomputed from the new state
+        self.change_remote(&changed, |_| {});
+    }
+
+    /// Another node is gone: its users are offline there.
+    pub fn remote_node_gone(&self, node: &str) {
+        let users = self.remote().users_reported_by(node);
+        self.change_remote(&users, |remote| {
+            remote.forget_node(node);
+        });
+    }
+
+    /// Applies `change` to the remote users and tells friends about each
+    /// of `users` whose state, over all nodes, changed.
+    fn change_remote(&self, users: &[String], change: impl FnOnce(&mut RemoteUsers)) {
+        let tracker = self.tracker();
+        let mut remote = self.remote();
+        let before: Vec<bool> = users
+            .iter()
+            .map(|user| tracker.is_online(user) || remote.is_online(user))
+            .collect();
+        change(&mut remote);
+        let now = now_ms();
+        for (user, was) in users.iter().zip(before) {
+            let is = tracker.is_online(user) || remote.is_online(user);
+            if is != was {
+                m::presence_changed(is);
+                let transition = Transition {
+                    user: user.clone(),
+                    online: is,
+                    last_active_ms: now,
+                };
+                let _ = self.changes.send(Change::User(transition));
+            }
+        }
+    }
+
+    fn remote(&self) -> MutexGuard<'_, RemoteUsers> {
+        self.remote.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Two users became friends (`friends`) or stopped being friends: both
@@ -220,7 +290,15 @@ impl Presence {
     pub fn states(&self, users: &[String]) -> Result<Vec<v1::Presence>, StorageError> {
         let known: Vec<Option<(bool, i64)>> = {
             let tracker = self.tracker();
-            users.iter().map(|user| tracker.state(user)).collect()
+            let remote = self.remote();
+            let now = now_ms();
+            users
+                .iter()
+                .map(|user| match tracker.state(user) {
+                    Some((false, _)) | None if remote.is_online(user) => Some((true, now)),
+                    state => state,
+                })
+                .collect()
         };
         self.complete_from_store(users, known)
     }
@@ -252,11 +330,20 @@ impl Presence {
     /// Queues `transition` for the publisher. Called with the tracker still
     /// locked (`_order`), so changes reach the publisher in the order the
     /// tracker made them.
+    /// In a cluster the change is reported to the other nodes, and only
+    /// published here if no other node has the user online.
     fn tell(&self, _order: &MutexGuard<'_, Tracker>, transition: Option<Transition>) {
-        if let Some(transition) = transition {
-            m::presence_changed(transition.online);
-            let _ = self.changes.send(Change::User(transition));
+        let Some(transition) = transition else {
+            return;
+        };
+        if let Some(bus) = self.bus.get() {
+            bus.report(&transition.user, transition.online);
+            if self.remote().is_online(&transition.user) {
+                return; // online elsewhere before and after
+            }
         }
+        m::presence_changed(transition.online);
+        let _ = self.changes.send(Change::User(transition));
     }
 
     fn tracker(&self) -> MutexGuard<'_, Tracker> {

@@ -24,7 +24,7 @@ pub mod gateway;
 pub mod registrations;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,6 +95,12 @@ pub struct Push {
     registrations: Registrations,
     enabled: bool,
     next_id: AtomicU64,
+    store: Store,
+    /// Cluster mode: registrations are read from the store (other nodes
+    /// write them too) and only the leader's worker sends.
+    clustered: AtomicBool,
+    active: Arc<AtomicBool>,
+    rescan: Arc<AtomicBool>,
     wake: Arc<Notify>,
     stop: CancellationToken,
     worker: Mutex<Option<JoinHandle<()>>>,
@@ -138,13 +144,17 @@ impl Push {
         let stop = CancellationToken::new();
         let wake = Arc::new(Notify::new());
         let enabled = gateway.is_some();
+        let active = Arc::new(AtomicBool::new(true));
+        let rescan = Arc::new(AtomicBool::new(false));
         let sender = worker::Sender {
-            store,
+            store: store.clone(),
             gateway,
             registrations: registrations.clone(),
             max_attempts: config.max_attempts,
             backoff,
             stop: stop.clone(),
+            active: active.clone(),
+            rescan: rescan.clone(),
         };
         let worker = worker::Worker::new(Arc::new(sender), wake.clone());
         let handle = runtime.spawn(worker.run());
@@ -152,6 +162,10 @@ impl Push {
             registrations,
             enabled,
             next_id: AtomicU64::new(last_id),
+            store,
+            clustered: AtomicBool::new(false),
+            active,
+            rescan,
             wake,
             stop,
             worker: Mutex::new(Some(handle)),
@@ -188,7 +202,32 @@ impl Push {
     /// Whether `user` has any push registration (memory only, never blocks
     /// on the disk).
     pub fn has_registrations(&self, user: &str) -> bool {
+        if self.clustered.load(Ordering::Acquire) {
+            // any node may have written one: the store has them all
+            return self
+                .store
+                .push_registrations(user)
+                .is_ok_and(|registrations| !registrations.is_empty());
+        }
         self.registrations.has_any(user)
+    }
+
+    /// Cluster mode, at start: this node holds every job but sends none
+    /// until it leads ([`Push::take_over`]).
+    pub fn stand_by(&self) {
+        self.clustered.store(true, Ordering::Release);
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// This node leads the cluster now: new job ids above every stored
+    /// one, and the worker reads the jobs from the first.
+    pub fn take_over(&self) -> Result<(), StorageError> {
+        let last = self.store.last_push_job_id()?;
+        self.next_id.fetch_max(last, Ordering::AcqRel);
+        self.rescan.store(true, Ordering::Release);
+        self.active.store(true, Ordering::Release);
+        self.wake();
+        Ok(())
     }
 
     /// A new push job id, above every id in the store and every id handed

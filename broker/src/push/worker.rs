@@ -13,6 +13,7 @@
 //! [`MAX_WAITING`] jobs wait; new jobs stay in the store meanwhile).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,11 @@ pub(super) struct Sender {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub stop: CancellationToken,
+    /// Whether this node sends (always on a single node; only the leader
+    /// in a cluster, where every node holds the jobs).
+    pub active: Arc<AtomicBool>,
+    /// Set on taking over: read the store again from the first job.
+    pub rescan: Arc<AtomicBool>,
 }
 
 /// A failed job, back in the worker's hands until it is due.
@@ -159,6 +165,9 @@ impl Worker {
     /// Moves the jobs whose retry is due to the front of `ready`, oldest
     /// first.
     fn promote_due(&mut self) {
+        if !self.sender.active.load(Ordering::Acquire) {
+            return;
+        }
         let now = Instant::now();
         let mut due = Vec::new();
         while let Some(entry) = self.waiting.first_entry() {
@@ -175,6 +184,16 @@ impl Worker {
 
     /// Starts sends up to [`MAX_IN_FLIGHT`], reading jobs as needed.
     async fn fill(&mut self) {
+        if self.sender.rescan.swap(false, Ordering::AcqRel) {
+            // another node may have sent and deleted any of these meanwhile
+            self.cursor = 0;
+            self.more = true;
+            self.ready.clear();
+            self.waiting.clear();
+        }
+        if !self.sender.active.load(Ordering::Acquire) {
+            return;
+        }
         while self.sending.len() < MAX_IN_FLIGHT {
             if self.ready.is_empty() {
                 self.read().await;

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use parley_broker::chat::commit::SyncedWrite;
 use parley_broker::chat::engine::{self, EngineConfig};
 use parley_broker::chat::{ChatService, Requester, TypingLimit};
 use parley_broker::presence::Presence;
@@ -493,8 +494,9 @@ impl World {
             presence: presence.clone(),
             push: push.clone(),
         };
+        let committer = Box::new(SyncedWrite::new(store.clone()));
         let (engine, engine_thread) =
-            engine::spawn(store.clone(), outlets, config).expect("spawn the engine");
+            engine::spawn(store.clone(), committer, outlets, config).expect("spawn the engine");
         let service = ChatService {
             store: store.clone(),
             engine,

@@ -106,7 +106,7 @@ pub(super) trait Services {
 }
 
 /// An inbox append planned by a job, published after the commit.
-pub(super) struct Delivery {
+pub struct Delivery {
     pub user: String,
     pub inbox_seq: u64,
     pub body: Arc<Bytes>,
@@ -114,7 +114,7 @@ pub(super) struct Delivery {
 
 /// What must happen once a batch is committed, besides live delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Effect {
+pub enum Effect {
     /// `a` and `b` became friends (`true`) or stopped being friends.
     Friendship { a: String, b: String, friends: bool },
     /// Push jobs were written: wake the push worker.

@@ -1,0 +1,359 @@
+//! Writes from any node to the leader.
+//!
+//! [`Forwarder`] is the engine's [`Forward`] and the store's [`Replicate`]
+//! in cluster mode: on the leader it queues the job (or the outside
+//! writes) on the local engine; elsewhere it sends it to
+//! `parley.node.{leader}.jobs` (`.writes`), and keeps trying, through a
+//! leader change, for `cluster_request_timeout_secs`. A request that may
+//! have been committed is only retried when that is safe: a job is retried
+//! only when the leader said it did not take it (`not_leader`) or nobody
+//! answered at all, and sends carry `client_msg_id` for the rest.
+//! [`serve`] is the other end, on every node (answering `not_leader` when
+//! it does not lead).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subject;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parley_chat_logic::command::{decode_request, Command};
+use parley_chat_logic::limits::Limits;
+use parley_chat_logic::ChatError;
+use parley_proto::cluster::{
+    job_outcome, writes_outcome, ForwardedJob, ForwardedWrites, JobOutcome, Stored, WritesOutcome,
+};
+use parley_proto::v1;
+use parley_storage::{Batch, Replicate, StorageError};
+use prost::Message as _;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::leader::RETRY_PAUSE;
+use super::NodeContext;
+use crate::chat::engine::Forward;
+use crate::chat::{Committed, EngineHandle, JobResult};
+use crate::metrics as m;
+
+/// How long one request to the leader may take before it is asked again.
+const HOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn jobs_subject(node: &str) -> String {
+    format!("parley.node.{node}.jobs")
+}
+
+fn writes_subject(node: &str) -> String {
+    format!("parley.node.{node}.writes")
+}
+
+/// See the module docs.
+pub(crate) struct Forwarder {
+    context: Arc<NodeContext>,
+    engine: EngineHandle,
+}
+
+/// One attempt's answer.
+enum Hop<T> {
+    Done(T),
+    /// Not taken: ask (the new leader) again.
+    Again,
+}
+
+impl Forwarder {
+    pub(crate) fn new(context: Arc<NodeContext>, engine: EngineHandle) -> Forwarder {
+        Forwarder { context, engine }
+    }
+
+    async fn run_job(&self, user: String, command: Command, request: Bytes) -> JobResult {
+        let started = tokio::time::Instant::now();
+        loop {
+            let hop = match self.context.leadership.is_leader() {
+                true => self.job_here(&user, command.clone()).await,
+                false => self.job_at_leader(&user, &request).await,
+            };
+            match hop {
+                Hop::Done(result) => {
+                    m::cluster_request(if result.is_ok() { "ok" } else { "error" });
+                    return result;
+                }
+                Hop::Again if started.elapsed() < self.context.request_timeout => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Hop::Again => {
+                    m::cluster_request("timeout");
+                    return Err(ChatError::internal("no cluster leader took the request"));
+                }
+            }
+        }
+    }
+
+    async fn job_here(&self, user: &str, command: Command) -> Hop<JobResult> {
+        match self.engine.submit_here(user.to_owned(), command).await {
+            Ok(result) => match result.await {
+                Ok(result) => Hop::Done(result),
+                Err(_) => Hop::Done(Err(ChatError::internal("the chat engine has stopped"))),
+            },
+            Err(error) => Hop::Done(Err(error)),
+        }
+    }
+
+    async fn job_at_leader(&self, user: &str, request: &Bytes) -> Hop<JobResult> {
+        let Some(leader) = self.context.leadership.known_leader() else {
+            return Hop::Again;
+        };
+        let job = ForwardedJob {
+            user: user.to_owned(),
+            request: request.to_vec(),
+        };
+        let Some(answer) = self.ask(jobs_subject(&leader), job.encode_to_vec()).await else {
+            return Hop::Again;
+        };
+        match JobOutcome::decode(answer) {
+            Ok(outcome) => job_result(outcome),
+            Err(error) => Hop::Done(Err(ChatError::internal(format!(
+                "the leader's answer does not decode: {error}"
+            )))),
+        }
+    }
+
+    async fn run_writes(&self, batch: Batch) -> Result<(), StorageError> {
+        let started = tokio::time::Instant::now();
+        let encoded = batch.encode();
+        let mut batch = Some(batch);
+        loop {
+            let hop = match (self.context.leadership.is_leader(), batch.take()) {
+                (true, Some(batch)) => self.writes_here(batch).await,
+                _ => self.writes_at_leader(&encoded).await,
+            };
+            match hop {
+                Hop::Done(result) => return result,
+                Hop::Again if started.elapsed() < self.context.request_timeout => {
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                }
+                Hop::Again => {
+                    return Err(StorageError::Replication(
+                        "no cluster leader took the writes".into(),
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn writes_here(&self, batch: Batch) -> Hop<Result<(), StorageError>> {
+        match self.engine.write_here(batch).await {
+            Ok(done) => Hop::Done(done.await.unwrap_or_else(|_| {
+                Err(StorageError::Replication(
+                    "the chat engine has stopped".into(),
+                ))
+            })),
+            Err(error) => Hop::Done(Err(error)),
+        }
+    }
+
+    async fn writes_at_leader(&self, encoded: &[u8]) -> Hop<Result<(), StorageError>> {
+        let Some(leader) = self.context.leadership.known_leader() else {
+            return Hop::Again;
+        };
+        let writes = ForwardedWrites {
+            writes: encoded.to_vec(),
+        };
+        let Some(answer) = self
+            .ask(writes_subject(&leader), writes.encode_to_vec())
+            .await
+        else {
+            return Hop::Again;
+        };
+        let outcome = WritesOutcome::decode(answer).ok().and_then(|o| o.result);
+        match outcome {
+            Some(writes_outcome::Result::LogSeq(seq)) => {
+                // read-your-writes: the caller reads this node's store next
+                let applied = self
+                    .context
+                    .applier
+                    .wait_for(seq, self.context.request_timeout);
+                match applied.await {
+                    true => Hop::Done(Ok(())),
+                    false => Hop::Done(Err(StorageError::Replication(format!(
+                        "log entry {seq} not applied here in time"
+                    )))),
+                }
+            }
+            Some(writes_outcome::Result::Error(error)) => {
+                Hop::Done(Err(StorageError::Replication(error)))
+            }
+            Some(writes_outcome::Result::NotLeader(_)) | None => Hop::Again,
+        }
+    }
+
+    /// One request to the leader; `None` when nobody answered in time.
+    async fn ask(&self, subject: String, payload: Vec<u8>) -> Option<Bytes> {
+        let request = async_nats::Request::new()
+            .payload(Bytes::from(payload))
+            .timeout(Some(HOP_TIMEOUT));
+        match self
+            .context
+            .nats
+            .client
+            .send_request(Subject::from(subject), request)
+            .await
+        {
+            Ok(message) => Some(message.payload),
+            Err(error) => {
+                tracing::debug!(%error, "the leader did not answer");
+                None
+            }
+        }
+    }
+}
+
+/// A leader's [`JobOutcome`] as the submitter's result.
+fn job_result(outcome: JobOutcome) -> Hop<JobResult> {
+    let stored = outcome
+        .stored
+        .into_iter()
+        .map(|s| (s.channel, s.seq))
+        .collect();
+    match outcome.result {
+        Some(job_outcome::Result::Ack(ack)) => Hop::Done(Ok(Committed { ack, stored })),
+        Some(job_outcome::Result::Error(error)) => Hop::Done(Err(ChatError::new(
+            v1::ErrorCode::try_from(error.code).unwrap_or(v1::ErrorCode::Internal),
+            error.message,
+        ))),
+        Some(job_outcome::Result::NotLeader(_)) | None => Hop::Again,
+    }
+}
+
+impl Forward for Forwarder {
+    fn forward(
+        &self,
+        user: String,
+        command: Command,
+        request: Bytes,
+    ) -> oneshot::Receiver<JobResult> {
+        let (done, result) = oneshot::channel();
+        let forwarder = Forwarder {
+            context: self.context.clone(),
+            engine: self.engine.clone(),
+        };
+        tokio::spawn(async move {
+            let _ = done.send(forwarder.run_job(user, command, request).await);
+        });
+        result
+    }
+}
+
+impl Replicate for Forwarder {
+    fn replicate(&self, batch: Batch) -> Result<(), StorageError> {
+        self.context.runtime.block_on(self.run_writes(batch))
+    }
+}
+
+/// Answers forwarded jobs and writes on this node until shutdown.
+pub(crate) async fn serve(
+    context: Arc<NodeContext>,
+    engine: EngineHandle,
+    limits: Arc<Limits>,
+    shutdown: CancellationToken,
+) {
+    let client = &context.nats.client;
+    let subscribed = async {
+        let jobs = client.subscribe(jobs_subject(&context.id)).await?;
+        let writes = client.subscribe(writes_subject(&context.id)).await?;
+        Ok::<_, async_nats::SubscribeError>((jobs, writes))
+    };
+    let (mut jobs, mut writes) = match subscribed.await {
+        Ok(subscriptions) => subscriptions,
+        Err(error) => {
+            tracing::error!(%error, "cannot serve forwarded requests");
+            return;
+        }
+    };
+    loop {
+        let (message, is_job) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(message) = jobs.next() => (message, true),
+            Some(message) = writes.next() => (message, false),
+        };
+        let Some(reply) = message.reply.clone() else {
+            continue;
+        };
+        let (context, engine, limits) = (context.clone(), engine.clone(), limits.clone());
+        tokio::spawn(async move {
+            let answer = match is_job {
+                true => answer_job(&context, &engine, &limits, &message.payload).await,
+                false => answer_writes(&context, &engine, &message.payload).await,
+            };
+            let _ = context.nats.client.publish(reply, answer.into()).await;
+        });
+    }
+}
+
+async fn answer_job(
+    context: &NodeContext,
+    engine: &EngineHandle,
+    limits: &Limits,
+    payload: &[u8],
+) -> Vec<u8> {
+    let outcome = |result| JobOutcome {
+        result: Some(result),
+        stored: Vec::new(),
+    };
+    if !context.leadership.is_leader() {
+        return outcome(job_outcome::Result::NotLeader(true)).encode_to_vec();
+    }
+    let failed = |error: ChatError| outcome(job_outcome::Result::Error(error.to_reply_error()));
+    let Ok(job) = ForwardedJob::decode(payload) else {
+        return failed(ChatError::internal("a forwarded job does not decode")).encode_to_vec();
+    };
+    let command = match decode_request(&job.request, limits).command {
+        Ok(command) => command,
+        Err(error) => return failed(error).encode_to_vec(),
+    };
+    let result = match engine.submit_here(job.user, command).await {
+        Ok(result) => result
+            .await
+            .unwrap_or_else(|_| Err(ChatError::internal("the chat engine has stopped"))),
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(committed) => JobOutcome {
+            result: Some(job_outcome::Result::Ack(committed.ack)),
+            stored: committed
+                .stored
+                .into_iter()
+                .map(|(channel, seq)| Stored { channel, seq })
+                .collect(),
+        },
+        Err(error) => failed(error),
+    }
+    .encode_to_vec()
+}
+
+async fn answer_writes(context: &NodeContext, engine: &EngineHandle, payload: &[u8]) -> Vec<u8> {
+    let outcome = |result| WritesOutcome {
+        result: Some(result),
+    };
+    if !context.leadership.is_leader() {
+        return outcome(writes_outcome::Result::NotLeader(true)).encode_to_vec();
+    }
+    let batch = ForwardedWrites::decode(payload)
+        .map_err(|e| StorageError::Replication(e.to_string()))
+        .and_then(|writes| Batch::decode(&writes.writes));
+    let committed = match batch {
+        Ok(batch) => match engine.write_here(batch).await {
+            Ok(done) => done.await.unwrap_or_else(|_| {
+                Err(StorageError::Replication(
+                    "the chat engine has stopped".into(),
+                ))
+            }),
+            Err(error) => Err(error),
+        },
+        Err(error) => Err(error),
+    };
+    let result = match committed {
+        // applied here by now: the writes are at or before this seq
+        Ok(()) => writes_outcome::Result::LogSeq(context.applier.applied()),
+        Err(error) => writes_outcome::Result::Error(error.to_string()),
+    };
+    outcome(result).encode_to_vec()
+}
