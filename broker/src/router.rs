@@ -206,6 +206,10 @@ struct UserDevices {
 pub trait LiveBus: Send + Sync + 'static {
     /// Offers the encoded envelope `payload` to `users`' devices elsewhere.
     fn live(&self, users: &[String], payload: Bytes);
+
+    /// Tells the other nodes to end `user`'s connections `which`, for `why`
+    /// (a device connecting here ends the same device elsewhere: `TakenOver`).
+    fn evict(&self, user: &str, which: Devices<'_>, why: Eviction);
 }
 
 /// Connected devices by user id, plus each user's highest committed inbox_seq.
@@ -252,6 +256,9 @@ impl Router {
         }
         let previous = devices.insert(device.to_owned(), entry);
         drop(users);
+        if let Some(bus) = self.bus.get() {
+            bus.evict(user, Devices::Only(device), Eviction::TakenOver);
+        }
         let predecessor = previous.map(|previous| previous.evict(Eviction::TakenOver));
         Ok(DeviceLink {
             router: self.clone(),
@@ -269,6 +276,19 @@ impl Router {
     /// device but `except`. Returns, per evicted connection, what is
     /// cancelled once it has finished (its session saved or dropped).
     pub fn evict(&self, user: &str, which: Devices<'_>, why: Eviction) -> Vec<CancellationToken> {
+        if let Some(bus) = self.bus.get() {
+            bus.evict(user, which, why);
+        }
+        self.evict_here(user, which, why)
+    }
+
+    /// [`Router::evict`] on this node only (what the other nodes ask for).
+    pub fn evict_here(
+        &self,
+        user: &str,
+        which: Devices<'_>,
+        why: Eviction,
+    ) -> Vec<CancellationToken> {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = users.get(user) else {
             return Vec::new();

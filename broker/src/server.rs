@@ -260,6 +260,7 @@ impl Services {
                     router.clone(),
                     presence.clone(),
                     push.clone(),
+                    shutdown,
                 )
                 .await?,
             )),

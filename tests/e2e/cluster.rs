@@ -394,3 +394,73 @@ async fn three_nodes_chat_across_nodes_and_survive_a_killed_node_and_server() {
     assert_eq!(again, history, "the restarted node's history differs");
     drop(m01);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sign_out_reaches_every_node_and_a_stopping_leader_hands_over() {
+    parley_tests::init_tracing();
+    let mut cluster = Cluster::start().await;
+    let leader = cluster.leader().await;
+    let follower = (leader + 1) % 3;
+    register(&cluster, follower, "alice").await;
+    register(&cluster, leader, "bob").await;
+
+    // signed out on the leader's HTTP API, connected to a follower
+    let (token, _) = login(cluster.node(leader).http, "alice", "phone").await;
+    let alice = connect_at(cluster.node(follower).mqtt, "alice", "phone", &token).await;
+    let answer = parley_tests::http::call(
+        cluster.node(leader).http,
+        "POST",
+        "/v1/logout",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while alice.is_connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the other node kept alice connected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // the same device connecting on another node takes over
+    let (token, _) = login(cluster.node(follower).http, "bob", "phone").await;
+    let first = connect_at(cluster.node(follower).mqtt, "bob", "phone", &token).await;
+    let second = connect_at(cluster.node(leader).mqtt, "bob", "phone", &token).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while first.is_connected() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "two connections of one device"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
+
+    // SIGTERM: the leader releases its lease; another node leads and
+    // takes writes, with the data of the old term
+    let stopping = cluster.nodes[leader].take().expect("the leader");
+    let log = stopping.log.clone();
+    let status = stopping.terminate().await;
+    assert!(status.success(), "graceful stop: {status}");
+    let stopped = std::fs::read_to_string(&log).expect("the node's log");
+    assert!(
+        stopped.contains("shutting down"),
+        "the leader did not step down:\n{stopped}"
+    );
+    assert!(
+        !stopped.contains("could not release the lease"),
+        "{stopped}"
+    );
+    let next = cluster.leader().await;
+    assert_ne!(next, leader);
+    let (token, _) = login(cluster.node(next).http, "bob", "tablet").await;
+    let bob = connect_at(cluster.node(next).mqtt, "bob", "tablet", &token).await;
+    let ack = bob
+        .send(&direct_channel("alice", "bob"), "after the handover")
+        .await
+        .expect("send");
+    assert_eq!(ack.seq, 1);
+}

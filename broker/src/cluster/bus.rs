@@ -6,23 +6,26 @@
 //! set of locally online users, which repairs anything a lost message
 //! left wrong. The registry forgets a node that stops heartbeating, and
 //! presence drops its users then. `parley.live`: typing events, handed to
-//! the named users' devices on every node.
+//! the named users' devices on every node. `parley.evict`: connections to
+//! end elsewhere (a sign-out, a password change, the same device connecting
+//! on another node).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parley_proto::cluster::{LiveEvent, PresenceReport};
+use parley_proto::cluster::{Evict, LiveEvent, PresenceReport};
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
 use crate::presence::{Presence, PresenceBus};
-use crate::router::{LiveBus, Router};
+use crate::router::{Devices, Eviction, LiveBus, Router};
 
 const PRESENCE_SUBJECT: &str = "parley.presence";
 const LIVE_SUBJECT: &str = "parley.live";
+const EVICT_SUBJECT: &str = "parley.evict";
 /// How often a node reports its whole set of online users.
 pub(crate) const FULL_REPORT_EVERY: Duration = Duration::from_secs(3);
 
@@ -71,6 +74,42 @@ impl LiveBus for Bus {
         };
         self.send(LIVE_SUBJECT, event.encode_to_vec());
     }
+
+    fn evict(&self, user: &str, which: Devices<'_>, why: Eviction) {
+        let (device, all_but) = match which {
+            Devices::Only(device) => (device, false),
+            Devices::AllBut(device) => (device, true),
+        };
+        let evict = Evict {
+            node: self.context.id.clone(),
+            user: user.to_owned(),
+            device: device.to_owned(),
+            all_but,
+            why: match why {
+                Eviction::TakenOver => 0,
+                Eviction::LoggedOut => 1,
+                Eviction::CredentialsRevoked => 2,
+            },
+        };
+        self.send(EVICT_SUBJECT, evict.encode_to_vec());
+    }
+}
+
+/// Ends the connections another node asked to end.
+fn take_eviction(context: &NodeContext, router: &Router, evict: Evict) {
+    if evict.node == context.id {
+        return;
+    }
+    let which = match evict.all_but {
+        true => Devices::AllBut(&evict.device),
+        false => Devices::Only(&evict.device),
+    };
+    let why = match evict.why {
+        1 => Eviction::LoggedOut,
+        2 => Eviction::CredentialsRevoked,
+        _ => Eviction::TakenOver,
+    };
+    router.evict_here(&evict.user, which, why);
 }
 
 /// Receives the other nodes' reports and events, and sends this node's
@@ -85,9 +124,10 @@ pub(crate) async fn serve(
     let subscribed = async {
         let reports = client.subscribe(PRESENCE_SUBJECT).await?;
         let live = client.subscribe(LIVE_SUBJECT).await?;
-        Ok::<_, async_nats::SubscribeError>((reports, live))
+        let evictions = client.subscribe(EVICT_SUBJECT).await?;
+        Ok::<_, async_nats::SubscribeError>((reports, live, evictions))
     };
-    let (mut reports, mut live) = match subscribed.await {
+    let (mut reports, mut live, mut evictions) = match subscribed.await {
         Ok(subscriptions) => subscriptions,
         Err(error) => {
             tracing::error!(%error, "cannot receive presence and typing from other nodes");
@@ -102,6 +142,11 @@ pub(crate) async fn serve(
             Some(message) = reports.next() => {
                 if let Ok(report) = PresenceReport::decode(message.payload) {
                     take_report(&context, &presence, report);
+                }
+            }
+            Some(message) = evictions.next() => {
+                if let Ok(evict) = Evict::decode(message.payload) {
+                    take_eviction(&context, &router, evict);
                 }
             }
             Some(message) = live.next() => {

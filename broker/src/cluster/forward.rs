@@ -11,7 +11,7 @@
 //! [`serve`] is the other end, on every node (answering `not_leader` when
 //! it does not lead).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::Subject;
@@ -49,7 +49,10 @@ fn writes_subject(node: &str) -> String {
 /// See the module docs.
 pub(crate) struct Forwarder {
     context: Arc<NodeContext>,
-    engine: EngineHandle,
+    /// This node's engine, until the broker stops. The store holds the
+    /// forwarder (its replicator) and the engine holds the store, so the
+    /// handle is dropped at shutdown to let the engine's queue close.
+    engine: Arc<Mutex<Option<EngineHandle>>>,
 }
 
 /// One attempt's answer.
@@ -61,7 +64,22 @@ enum Hop<T> {
 
 impl Forwarder {
     pub(crate) fn new(context: Arc<NodeContext>, engine: EngineHandle) -> Forwarder {
-        Forwarder { context, engine }
+        Forwarder {
+            context,
+            engine: Arc::new(Mutex::new(Some(engine))),
+        }
+    }
+
+    /// Drops the engine handle (at shutdown).
+    pub(crate) fn release_engine(&self) {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    fn engine(&self) -> Option<EngineHandle> {
+        self.engine
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     async fn run_job(&self, user: String, command: Command, request: Bytes) -> JobResult {
@@ -76,7 +94,7 @@ impl Forwarder {
                     m::cluster_request(if result.is_ok() { "ok" } else { "error" });
                     return result;
                 }
-                Hop::Again if started.elapsed() < self.context.request_timeout => {
+                Hop::Again if self.keeps_trying(started) => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Hop::Again => {
@@ -87,8 +105,17 @@ impl Forwarder {
         }
     }
 
+    /// Whether to ask again: within the request timeout, and not while
+    /// the broker stops (a stopping leader has handed over already).
+    fn keeps_trying(&self, started: tokio::time::Instant) -> bool {
+        started.elapsed() < self.context.request_timeout && !self.context.shutdown.is_cancelled()
+    }
+
     async fn job_here(&self, user: &str, command: Command) -> Hop<JobResult> {
-        match self.engine.submit_here(user.to_owned(), command).await {
+        let Some(engine) = self.engine() else {
+            return Hop::Done(Err(ChatError::internal("the broker is stopping")));
+        };
+        match engine.submit_here(user.to_owned(), command).await {
             Ok(result) => match result.await {
                 Ok(result) => Hop::Done(result),
                 Err(_) => Hop::Done(Err(ChatError::internal("the chat engine has stopped"))),
@@ -127,7 +154,7 @@ impl Forwarder {
             };
             match hop {
                 Hop::Done(result) => return result,
-                Hop::Again if started.elapsed() < self.context.request_timeout => {
+                Hop::Again if self.keeps_trying(started) => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 Hop::Again => {
@@ -140,7 +167,12 @@ impl Forwarder {
     }
 
     async fn writes_here(&self, batch: Batch) -> Hop<Result<(), StorageError>> {
-        match self.engine.write_here(batch).await {
+        let Some(engine) = self.engine() else {
+            return Hop::Done(Err(StorageError::Replication(
+                "the broker is stopping".into(),
+            )));
+        };
+        match engine.write_here(batch).await {
             Ok(done) => Hop::Done(done.await.unwrap_or_else(|_| {
                 Err(StorageError::Replication(
                     "the chat engine has stopped".into(),

@@ -61,6 +61,8 @@ pub(crate) struct NodeContext {
     pub(crate) lease_ttl: Duration,
     pub(crate) request_timeout: Duration,
     pub(crate) runtime: tokio::runtime::Handle,
+    /// Cancelled when the broker stops: nothing waits for a leader then.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// A running cluster node; see the module docs.
@@ -79,6 +81,7 @@ impl ClusterNode {
         router: Arc<Router>,
         presence: Arc<Presence>,
         push: Arc<Push>,
+        shutdown: &CancellationToken,
     ) -> Result<ClusterNode, BrokerError> {
         let urls = config.cluster_urls().unwrap_or_default();
         let id = config.cluster_node_id.clone().unwrap_or_default();
@@ -94,6 +97,7 @@ impl ClusterNode {
             lease_ttl,
             request_timeout: Duration::from_secs(config.cluster_request_timeout_secs),
             runtime: tokio::runtime::Handle::current(),
+            shutdown: shutdown.clone(),
         });
         context.push.stand_by();
         let registry = Arc::new(registry::Registry::new(context.clone()));
@@ -126,6 +130,11 @@ impl ClusterNode {
         store
             .replicate_through(forwarder.clone())
             .map_err(BrokerError::Storage)?;
+        let (releasing, stopped) = (forwarder.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            stopped.cancelled().await;
+            releasing.release_engine();
+        });
         tasks.spawn(follow::follow(context.clone(), shutdown.clone()));
         tasks.spawn(leader::campaign(context.clone(), shutdown.clone()));
         tasks.spawn(forward::serve(

@@ -91,6 +91,25 @@ impl Node {
         }
     }
 
+    /// SIGTERM (a graceful stop: the node hands its lease over), and waits
+    /// until it has exited.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("a running node").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+        match tokio::time::timeout(START_LIMIT, self.child.wait()).await {
+            Ok(status) => status.expect("wait for the node"),
+            Err(_) => panic!(
+                "node {} still runs {START_LIMIT:?} after SIGTERM; its log ends with:\n{}",
+                self.id,
+                log_tail(&self.log, 30)
+            ),
+        }
+    }
+
     /// SIGKILL, and reap.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL the node");
