@@ -43,6 +43,14 @@ pub trait Replicate: Send + Sync + 'static {
     /// call the store's direct mutators (they would come back here): it
     /// applies with [`Store::commit_applied`] or [`Store::commit`].
     fn replicate(&self, batch: Batch) -> Result<(), StorageError>;
+
+    /// Returns once every write committed anywhere in the cluster before
+    /// the call is applied to this node's store (blocking). A read that
+    /// missed a record another node just wrote (a token issued by a login
+    /// there, an account registered there) calls it, then reads again.
+    fn catch_up(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }
 
 impl Store {
@@ -55,6 +63,15 @@ impl Store {
         self.replicator
             .set(replicator)
             .map_err(|_| StorageError::AlreadyReplicated)
+    }
+
+    /// Waits until this node has applied everything the cluster committed
+    /// before now (see [`Replicate::catch_up`]); at once on a single node.
+    pub fn catch_up(&self) -> Result<(), StorageError> {
+        match self.replicator.get() {
+            Some(replicator) => replicator.catch_up(),
+            None => Ok(()),
+        }
     }
 
     /// Whether the direct mutators hand their writes to a replicator

@@ -81,7 +81,16 @@ pub fn check(store: &Store, text: &str, now_ms: i64) -> Result<TokenCheck, Broke
         return Ok(TokenCheck::Unknown);
     }
     let digest = digest(text);
-    let Some(record) = store.token(&digest.0)? else {
+    let record = match store.token(&digest.0)? {
+        Some(record) => Some(record),
+        // in a cluster, a login on another node may not be applied here yet
+        None if store.is_replicated() => {
+            store.catch_up()?;
+            store.token(&digest.0)?
+        }
+        None => None,
+    };
+    let Some(record) = record else {
         return Ok(TokenCheck::Unknown);
     };
     if record.expires_ms <= now_ms {

@@ -250,7 +250,13 @@ fn verify_on_pool(
     password: &str,
     digest: u64,
 ) -> Result<bool, BrokerError> {
-    let Some(record) = store.user(user)? else {
+    let mut record = store.user(user)?;
+    if record.is_none() && store.is_replicated() {
+        // in a cluster, an account just registered on another node
+        store.catch_up()?;
+        record = store.user(user)?;
+    }
+    let Some(record) = record else {
         verifier.verify_unknown(password);
         return Ok(false);
     };

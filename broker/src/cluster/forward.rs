@@ -136,7 +136,17 @@ impl Forwarder {
             return Hop::Again;
         };
         match JobOutcome::decode(answer) {
-            Ok(outcome) => job_result(outcome),
+            Ok(outcome) => {
+                // read-your-writes here: a sync right after the Ack sees it
+                let applied = self.context.applier.wait_for(outcome.log_seq, HOP_TIMEOUT);
+                if !applied.await {
+                    tracing::warn!(
+                        log_seq = outcome.log_seq,
+                        "an acked job is not applied here yet"
+                    );
+                }
+                job_result(outcome)
+            }
             Err(error) => Hop::Done(Err(ChatError::internal(format!(
                 "the leader's answer does not decode: {error}"
             )))),
@@ -278,6 +288,25 @@ impl Replicate for Forwarder {
     fn replicate(&self, batch: Batch) -> Result<(), StorageError> {
         self.context.runtime.block_on(self.run_writes(batch))
     }
+
+    fn catch_up(&self) -> Result<(), StorageError> {
+        let context = &self.context;
+        context.runtime.block_on(async {
+            let tail = super::log::last_seq(&context.nats)
+                .await
+                .map_err(StorageError::Replication)?;
+            match context
+                .applier
+                .wait_for(tail, context.request_timeout)
+                .await
+            {
+                true => Ok(()),
+                false => Err(StorageError::Replication(format!(
+                    "log entry {tail} not applied here in time"
+                ))),
+            }
+        })
+    }
 }
 
 /// Answers forwarded jobs and writes on this node until shutdown.
@@ -329,6 +358,7 @@ async fn answer_job(
     let outcome = |result| JobOutcome {
         result: Some(result),
         stored: Vec::new(),
+        log_seq: 0,
     };
     if !context.leadership.is_leader() {
         return outcome(job_outcome::Result::NotLeader(true)).encode_to_vec();
@@ -355,6 +385,8 @@ async fn answer_job(
                 .into_iter()
                 .map(|(channel, seq)| Stored { channel, seq })
                 .collect(),
+            // applied here by now: the job's writes are at or before it
+            log_seq: context.applier.applied(),
         },
         Err(error) => failed(error),
     }
