@@ -60,17 +60,37 @@ impl Applier {
         tokio::time::timeout(limit, reached).await.unwrap_or(false)
     }
 
-    /// Applies an entry read from the log (blocking).
-    pub(crate) fn apply_entry(&self, seq: u64, entry: LogEntry) -> Result<(), StorageError> {
-        if seq <= self.applied() {
+    /// Applies consecutive entries read from the log, in one local write
+    /// (blocking); those applied already are skipped.
+    pub(crate) fn apply_entries(&self, entries: Vec<(u64, LogEntry)>) -> Result<(), StorageError> {
+        let mut applied = self.lock();
+        let fresh: Vec<(u64, LogEntry)> = entries
+            .into_iter()
+            .filter(|(seq, _)| *seq > *applied)
+            .collect();
+        let Some(last) = fresh.last().map(|(seq, _)| *seq) else {
             return Ok(());
-        }
-        // a term's first entry carries no writes at all
-        let batch = match entry.writes.is_empty() {
-            true => Batch::new(),
-            false => Batch::decode(&entry.writes)?,
         };
-        self.apply(seq, batch, &entry.deliveries, &entry.friendships)
+        let mut batch = Batch::new();
+        for (i, (seq, entry)) in fresh.iter().enumerate() {
+            if *seq != *applied + 1 + i as u64 {
+                return Err(StorageError::Replication(format!(
+                    "log entry {seq} does not follow the applied entry {}",
+                    *applied + i as u64
+                )));
+            }
+            // a term's first entry carries no writes at all
+            if !entry.writes.is_empty() {
+                batch.append(Batch::decode(&entry.writes)?);
+            }
+        }
+        self.store.commit_applied(batch, last)?;
+        *applied = last;
+        for (_, entry) in &fresh {
+            self.publish(&entry.deliveries, &entry.friendships);
+        }
+        self.progress.send_replace(last);
+        Ok(())
     }
 
     /// Applies the writes at `seq` and hands their outcome to this node's

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{pull, DeliverPolicy};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use parley_proto::cluster::LogEntry;
 use prost::Message as _;
 use tokio_util::sync::CancellationToken;
@@ -53,17 +53,44 @@ async fn follow_once(context: &Arc<NodeContext>) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| e.to_string())?;
-        let seq = message.info().map_err(|e| e.to_string())?.stream_sequence;
-        let entry = LogEntry::decode(message.payload.clone())
-            .map_err(|e| format!("log entry {seq} does not decode: {e}"))?;
+    while let Some(first) = messages.next().await {
+        // everything already received goes into one local write
+        let mut entries = vec![decoded(first)?];
+        while entries.len() < APPLY_BATCH {
+            match messages.next().now_or_never() {
+                Some(Some(message)) => entries.push(decoded(message)?),
+                _ => break,
+            }
+        }
+        let pending = entries.last().map_or(0, |(_, _, pending)| *pending);
+        let last = entries.last().map_or(0, |(seq, _, _)| *seq);
+        let entries: Vec<(u64, LogEntry)> = entries
+            .into_iter()
+            .map(|(seq, entry, _)| (seq, entry))
+            .collect();
         let applier = context.applier.clone();
-        tokio::task::spawn_blocking(move || applier.apply_entry(seq, entry))
+        tokio::task::spawn_blocking(move || applier.apply_entries(entries))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
-        m::cluster_applied(seq, message.info().map(|i| i.pending).unwrap_or(0));
+        m::cluster_applied(last, pending);
     }
     Err("the log consumer ended".into())
+}
+
+/// Most log entries applied in one local write.
+const APPLY_BATCH: usize = 256;
+
+type Received = (u64, LogEntry, u64);
+
+/// A log message as (seq, entry, entries still pending after it).
+fn decoded(
+    message: Result<async_nats::jetstream::Message, impl std::fmt::Display>,
+) -> Result<Received, String> {
+    let message = message.map_err(|e| e.to_string())?;
+    let info = message.info().map_err(|e| e.to_string())?;
+    let (seq, pending) = (info.stream_sequence, info.pending);
+    let entry = LogEntry::decode(message.payload.clone())
+        .map_err(|e| format!("log entry {seq} does not decode: {e}"))?;
+    Ok((seq, entry, pending))
 }
