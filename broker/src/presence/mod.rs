@@ -19,6 +19,11 @@
 //! After a restart nobody is online, so every retained value reads offline
 //! with the stored `last_active_ms`, as the contract says.
 //!
+//! In a cluster each node tracks its own devices and tells the others of
+//! its users' changes ([`PresenceBus`]); what they report is kept in
+//! `remote` ([`remote::RemoteUsers`]). A user is online while any node has
+//! them online, and only changes of that are published to friends.
+//!
 //! Must not: decide friendships (the chat engine commits those and calls
 //! [`Presence::friendship_changed`]) or know about sockets: connections
 //! report packets through their [`DevicePresence`].
