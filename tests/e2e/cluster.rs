@@ -3,7 +3,7 @@
 //! nodes, all on loopback with ephemeral ports, started and stopped here.
 //!
 //! Users whose devices sit on different nodes chat 1:1 and in a group of
-//! 100 and see each other's presence; logins on any node hand out a live
+//! 100, see each other typing and online; logins on any node hand out a live
 //! node's endpoints. Then, under a steady stream of sends, the leader node
 //! is killed with SIGKILL and later one nats-server: the sender reconnects
 //! through discovery and resends every unacked message with its
@@ -285,6 +285,18 @@ async fn three_nodes_chat_across_nodes_and_survive_a_killed_node_and_server() {
     assert_eq!(ack.seq, 1);
     wait_message(&bob, "hello bob").await;
     bob.send(&dm, "hello alice").await.expect("bob answers");
+
+    // typing, live only, across nodes
+    alice.typing(&dm).await.expect("alice types");
+    loop {
+        if let Body::Typing(typing) = next_body(&bob).await {
+            assert_eq!(
+                (typing.user.as_str(), typing.channel.as_str()),
+                ("alice", dm.as_str())
+            );
+            break;
+        }
+    }
 
     // a group of 100 across nodes
     let mut others = vec!["bob".to_owned()];
