@@ -4,13 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::crash::process::{log_tail, parley_binary};
+use crate::crash::process::{log_tail, parley_binary, serve_command};
 
 /// Starting includes joining the cluster (and waiting for JetStream).
 const START_LIMIT: Duration = Duration::from_secs(60);
@@ -27,35 +26,13 @@ pub struct Node {
 impl Node {
     /// Starts node `id` on `data_dir` against the NATS servers `nats_urls`.
     pub async fn start(id: &str, nats_urls: &str, data_dir: &Path, log: &Path) -> Node {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the node log");
-        let mut command = Command::new(parley_binary());
+        let mut command = serve_command(&parley_binary(), data_dir, log);
         command
-            .args([
-                "serve",
-                "--mqtt-addr",
-                "127.0.0.1:0",
-                "--ws-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env_remove("PARLEY_CONFIG")
             .env("PARLEY_CLUSTER_NATS_URLS", nats_urls)
             .env("PARLEY_CLUSTER_NODE_ID", id)
             .env("PARLEY_CLUSTER_LEASE_TTL_SECS", "3")
             .env("PARLEY_CLUSTER_REQUEST_TIMEOUT_SECS", "30")
-            .env("PARLEY_LOG", "info,async_nats=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for name in ["PARLEY_CRASH_KILLS", "PARLEY_CRASH_SEED"] {
-            command.env_remove(name);
-        }
+            .env("PARLEY_LOG", "info,async_nats=warn");
         let mut child = command.spawn().expect("spawn `parley serve`");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();

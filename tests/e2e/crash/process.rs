@@ -73,6 +73,37 @@ pub async fn add_user(binary: &Path, data_dir: &Path, user: &str, password: &str
     );
 }
 
+/// `parley serve` on `data_dir` with every listener on `127.0.0.1:0`,
+/// stdout piped (the bound addresses), stderr appended to `log`, killed
+/// when dropped, and none of this test's own variables in its environment.
+pub fn serve_command(binary: &Path, data_dir: &Path, log: &Path) -> Command {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the broker log");
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "serve",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--ws-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("PARLEY_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .kill_on_drop(true);
+    for name in TEST_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// A running `parley serve`; killed with SIGKILL when dropped.
 pub struct BrokerProcess {
     child: Child,
@@ -84,31 +115,9 @@ impl BrokerProcess {
     /// `127.0.0.1:0`, its stderr appended to `log`, and waits for the
     /// `listening mqtt ADDR` line.
     pub async fn start(binary: &Path, data_dir: &Path, log: &Path) -> BrokerProcess {
-        let stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("open the broker log");
-        let mut command = Command::new(binary);
-        command
-            .args([
-                "serve",
-                "--mqtt-addr",
-                "127.0.0.1:0",
-                "--ws-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--http-addr", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env_remove("PARLEY_CONFIG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .kill_on_drop(true);
-        for name in TEST_ENV {
-            command.env_remove(name);
-        }
-        let mut child = command.spawn().expect("spawn `parley serve`");
+        let mut child = serve_command(binary, data_dir, log)
+            .spawn()
+            .expect("spawn `parley serve`");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
         let mqtt = tokio::time::timeout(START_LIMIT, async {
