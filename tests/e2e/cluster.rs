@@ -151,6 +151,22 @@ async fn connect_anywhere(cluster: &Cluster, user: &str, device: &str) -> Client
     }
 }
 
+/// Polls `done` until it holds, failing after [`WAIT`] with `what`.
+async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !done().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {WAIT:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The next inbox envelope's body, skipping none.
 async fn next_body(client: &Client) -> Body {
     let envelope = client
@@ -387,19 +403,14 @@ async fn three_nodes_chat_across_nodes_and_survive_a_killed_node_and_server() {
         .node(new_leader)
         .gauge("parley_cluster_applied_seq")
         .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while cluster
-        .node(killed)
-        .gauge("parley_cluster_applied_seq")
-        .await
-        < target
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the restarted node does not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until("the restarted node to catch up", || async {
+        cluster
+            .node(killed)
+            .gauge("parley_cluster_applied_seq")
+            .await
+            >= target
+    })
+    .await;
     let (token, _) = login(cluster.node(killed).http, "bob", "laptop").await;
     let reader = connect_at(cluster.node(killed).mqtt, "bob", "laptop", &token).await;
     let again = whole_history(&reader, &dm).await;
@@ -428,27 +439,19 @@ async fn a_sign_out_reaches_every_node_and_a_stopping_leader_hands_over() {
     )
     .await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while alice.is_connected() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the other node kept alice connected"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the other node to end alice's connection", || async {
+        !alice.is_connected()
+    })
+    .await;
 
     // the same device connecting on another node takes over
     let (token, _) = login(cluster.node(follower).http, "bob", "phone").await;
     let first = connect_at(cluster.node(follower).mqtt, "bob", "phone", &token).await;
     let second = connect_at(cluster.node(leader).mqtt, "bob", "phone", &token).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while first.is_connected() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "two connections of one device"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until("the older connection of one device to end", || async {
+        !first.is_connected()
+    })
+    .await;
     drop(second);
 
     // SIGTERM: the leader releases its lease; another node leads and

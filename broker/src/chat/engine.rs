@@ -111,6 +111,26 @@ impl EngineHandle {
         Ok(result)
     }
 
+    /// Runs a job on this node's engine and waits for its result.
+    pub async fn run_here(&self, user: String, command: Command) -> JobResult {
+        match self.submit_here(user, command).await {
+            Ok(result) => result
+                .await
+                .unwrap_or_else(|_| Err(ChatError::internal("the chat engine has stopped"))),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Commits outside writes with this node's next batch and waits for it.
+    pub async fn commit_writes_here(&self, batch: Batch) -> Result<(), StorageError> {
+        let done = self.write_here(batch).await?;
+        done.await.unwrap_or_else(|_| {
+            Err(StorageError::Replication(
+                "the chat engine has stopped".into(),
+            ))
+        })
+    }
+
     /// Queues writes made outside the engine for the next batch.
     pub async fn write_here(
         &self,

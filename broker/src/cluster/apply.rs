@@ -73,24 +73,16 @@ impl Applier {
         };
         let mut batch = Batch::new();
         for (i, (seq, entry)) in fresh.iter().enumerate() {
-            if *seq != *applied + 1 + i as u64 {
-                return Err(StorageError::Replication(format!(
-                    "log entry {seq} does not follow the applied entry {}",
-                    *applied + i as u64
-                )));
-            }
+            follows(*applied + i as u64, *seq)?;
             // a term's first entry carries no writes at all
             if !entry.writes.is_empty() {
                 batch.append(Batch::decode(&entry.writes)?);
             }
         }
-        self.store.commit_applied(batch, last)?;
-        *applied = last;
-        for (_, entry) in &fresh {
-            self.publish(&entry.deliveries, &entry.friendships);
-        }
-        self.progress.send_replace(last);
-        Ok(())
+        let outcomes = fresh
+            .iter()
+            .map(|(_, entry)| (&entry.deliveries[..], &entry.friendships[..]));
+        self.commit(&mut applied, last, batch, outcomes)
     }
 
     /// Applies the writes at `seq` and hands their outcome to this node's
@@ -108,16 +100,25 @@ impl Applier {
         if seq <= *applied {
             return Ok(());
         }
-        if seq != *applied + 1 {
-            return Err(StorageError::Replication(format!(
-                "log entry {seq} does not follow the applied entry {}",
-                *applied
-            )));
+        follows(*applied, seq)?;
+        self.commit(&mut applied, seq, batch, [(deliveries, friendships)])
+    }
+
+    /// Writes `batch` with `last` as the applied seq, then hands each
+    /// entry's outcome to this node's devices, in log order.
+    fn commit<'e>(
+        &self,
+        applied: &mut u64,
+        last: u64,
+        batch: Batch,
+        outcomes: impl IntoIterator<Item = (&'e [Delivery], &'e [Friendship])>,
+    ) -> Result<(), StorageError> {
+        self.store.commit_applied(batch, last)?;
+        *applied = last;
+        for (deliveries, friendships) in outcomes {
+            self.publish(deliveries, friendships);
         }
-        self.store.commit_applied(batch, seq)?;
-        *applied = seq;
-        self.publish(deliveries, friendships);
-        self.progress.send_replace(seq);
+        self.progress.send_replace(last);
         Ok(())
     }
 
@@ -138,5 +139,15 @@ impl Applier {
 
     fn lock(&self) -> MutexGuard<'_, u64> {
         self.applied.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Refuses an entry at `seq` that does not come right after `applied`.
+fn follows(applied: u64, seq: u64) -> Result<(), StorageError> {
+    match seq == applied + 1 {
+        true => Ok(()),
+        false => Err(StorageError::Replication(format!(
+            "log entry {seq} does not follow the applied entry {applied}"
+        ))),
     }
 }

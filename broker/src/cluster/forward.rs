@@ -83,24 +83,35 @@ impl Forwarder {
     }
 
     async fn run_job(&self, user: String, command: Command, request: Bytes) -> JobResult {
+        let taken = self
+            .until_taken(|| async {
+                match self.context.leadership.is_leader() {
+                    true => self.job_here(&user, command.clone()).await,
+                    false => self.job_at_leader(&user, &request).await,
+                }
+            })
+            .await;
+        m::cluster_request(match &taken {
+            Some(Ok(_)) => "ok",
+            Some(Err(_)) => "error",
+            None => "timeout",
+        });
+        taken.unwrap_or_else(|| Err(ChatError::internal("no cluster leader took the request")))
+    }
+
+    /// Makes `attempt` until one is taken (`Hop::Done`); `None` when the
+    /// request timeout passed (or the broker stops) first.
+    async fn until_taken<T, F, Fut>(&self, mut attempt: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Hop<T>>,
+    {
         let started = tokio::time::Instant::now();
         loop {
-            let hop = match self.context.leadership.is_leader() {
-                true => self.job_here(&user, command.clone()).await,
-                false => self.job_at_leader(&user, &request).await,
-            };
-            match hop {
-                Hop::Done(result) => {
-                    m::cluster_request(if result.is_ok() { "ok" } else { "error" });
-                    return result;
-                }
-                Hop::Again if self.keeps_trying(started) => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Hop::Again => {
-                    m::cluster_request("timeout");
-                    return Err(ChatError::internal("no cluster leader took the request"));
-                }
+            match attempt().await {
+                Hop::Done(result) => return Some(result),
+                Hop::Again if self.keeps_trying(started) => tokio::time::sleep(RETRY_PAUSE).await,
+                Hop::Again => return None,
             }
         }
     }
@@ -112,15 +123,9 @@ impl Forwarder {
     }
 
     async fn job_here(&self, user: &str, command: Command) -> Hop<JobResult> {
-        let Some(engine) = self.engine() else {
-            return Hop::Done(Err(ChatError::internal("the broker is stopping")));
-        };
-        match engine.submit_here(user.to_owned(), command).await {
-            Ok(result) => match result.await {
-                Ok(result) => Hop::Done(result),
-                Err(_) => Hop::Done(Err(ChatError::internal("the chat engine has stopped"))),
-            },
-            Err(error) => Hop::Done(Err(error)),
+        match self.engine() {
+            Some(engine) => Hop::Done(engine.run_here(user.to_owned(), command).await),
+            None => Hop::Done(Err(ChatError::internal("the broker is stopping"))),
         }
     }
 
@@ -154,41 +159,32 @@ impl Forwarder {
     }
 
     async fn run_writes(&self, batch: Batch) -> Result<(), StorageError> {
-        let started = tokio::time::Instant::now();
         let encoded = batch.encode();
-        let mut batch = Some(batch);
-        loop {
-            let hop = match (self.context.leadership.is_leader(), batch.take()) {
-                (true, Some(batch)) => self.writes_here(batch).await,
-                _ => self.writes_at_leader(&encoded).await,
+        let batch = Mutex::new(Some(batch));
+        self.until_taken(|| async {
+            let here = match self.context.leadership.is_leader() {
+                true => batch.lock().unwrap_or_else(|e| e.into_inner()).take(),
+                false => None,
             };
-            match hop {
-                Hop::Done(result) => return result,
-                Hop::Again if self.keeps_trying(started) => {
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-                Hop::Again => {
-                    return Err(StorageError::Replication(
-                        "no cluster leader took the writes".into(),
-                    ))
-                }
+            match here {
+                Some(batch) => self.writes_here(batch).await,
+                None => self.writes_at_leader(&encoded).await,
             }
-        }
+        })
+        .await
+        .unwrap_or_else(|| {
+            Err(StorageError::Replication(
+                "no cluster leader took the writes".into(),
+            ))
+        })
     }
 
     async fn writes_here(&self, batch: Batch) -> Hop<Result<(), StorageError>> {
-        let Some(engine) = self.engine() else {
-            return Hop::Done(Err(StorageError::Replication(
+        match self.engine() {
+            Some(engine) => Hop::Done(engine.commit_writes_here(batch).await),
+            None => Hop::Done(Err(StorageError::Replication(
                 "the broker is stopping".into(),
-            )));
-        };
-        match engine.write_here(batch).await {
-            Ok(done) => Hop::Done(done.await.unwrap_or_else(|_| {
-                Err(StorageError::Replication(
-                    "the chat engine has stopped".into(),
-                ))
-            })),
-            Err(error) => Hop::Done(Err(error)),
+            ))),
         }
     }
 
@@ -371,13 +367,7 @@ async fn answer_job(
         Ok(command) => command,
         Err(error) => return failed(error).encode_to_vec(),
     };
-    let result = match engine.submit_here(job.user, command).await {
-        Ok(result) => result
-            .await
-            .unwrap_or_else(|_| Err(ChatError::internal("the chat engine has stopped"))),
-        Err(error) => Err(error),
-    };
-    match result {
+    match engine.run_here(job.user, command).await {
         Ok(committed) => JobOutcome {
             result: Some(job_outcome::Result::Ack(committed.ack)),
             stored: committed
@@ -404,14 +394,7 @@ async fn answer_writes(context: &NodeContext, engine: &EngineHandle, payload: &[
         .map_err(|e| StorageError::Replication(e.to_string()))
         .and_then(|writes| Batch::decode(&writes.writes));
     let committed = match batch {
-        Ok(batch) => match engine.write_here(batch).await {
-            Ok(done) => done.await.unwrap_or_else(|_| {
-                Err(StorageError::Replication(
-                    "the chat engine has stopped".into(),
-                ))
-            }),
-            Err(error) => Err(error),
-        },
+        Ok(batch) => engine.commit_writes_here(batch).await,
         Err(error) => Err(error),
     };
     let result = match committed {
