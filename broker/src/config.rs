@@ -14,6 +14,13 @@
 //!
 //! Every layer is checked key by key before the layers are merged, so an
 //! error always names the key and where its value came from.
+//!
+//! Layout:
+//! - this file: [`Config`], [`ConfigError`], loading and merging the layers,
+//!   the typed accessors.
+//! - `keys.rs`: the table of keys, one layer parsed and checked key by key.
+//! - `validate.rs`: [`Config::validate`], ranges and cross-key rules, and
+//!   [`parse_gateway_url`] (the push gateway's URL rule, which push reuses).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,8 +32,10 @@ use serde::{Deserialize, Serialize};
 use toml::Value;
 
 mod keys;
+mod validate;
 
 use keys::{find_key, key_names, merge, parse_layer, set_from_str, KEYS};
+pub use validate::parse_gateway_url;
 
 /// The built-in defaults: `config/parley.toml`, embedded.
 pub const DEFAULTS_TOML: &str = include_str!("../../config/parley.toml");
@@ -266,178 +275,10 @@ impl Config {
         }
     }
 
-    /// Checks ranges and cross-key rules; the error names the bad key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.data_dir.as_os_str().is_empty() {
-            return Err(invalid("data_dir", "must not be empty"));
-        }
-        self.validate_positive()?;
-        // the chat rules' own limits are checked where they are defined
-        self.chat_limits()
-            .validate()
-            .map_err(|error| ConfigError::Invalid {
-                key: error.field,
-                message: error.message,
-            })?;
-        if !(MIN_PACKET_SIZE..=MAX_PACKET_SIZE_LIMIT).contains(&self.max_packet_size) {
-            let message = format!(
-                "must be between {MIN_PACKET_SIZE} (room for a 100,000-character text) and {MAX_PACKET_SIZE_LIMIT}"
-            );
-            return Err(invalid("max_packet_size", message));
-        }
-        self.validate_listeners()?;
-        self.validate_discovery()?;
-        if let Some(url) = &self.push_gateway {
-            if let Err(message) = crate::push::gateway::parse_gateway_url(url) {
-                return Err(invalid("push_gateway", message));
-            }
-        }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
-            return Err(invalid("log", format!("is not a valid log filter: {e}")));
-        }
-        self.validate_cluster()
-    }
-
-    /// Cluster mode: the URLs parse, a node id is set, the lease can be renewed.
-    fn validate_cluster(&self) -> Result<(), ConfigError> {
-        if !(1..=5).contains(&self.cluster_replicas) {
-            return Err(invalid("cluster_replicas", "must be between 1 and 5"));
-        }
-        if self.cluster_lease_ttl_secs < 2 {
-            return Err(invalid("cluster_lease_ttl_secs", "must be at least 2"));
-        }
-        if self.cluster_request_timeout_secs == 0 {
-            return Err(invalid(
-                "cluster_request_timeout_secs",
-                "must be at least 1",
-            ));
-        }
-        let Some(urls) = &self.cluster_nats_urls else {
-            return Ok(());
-        };
-        for url in urls.split(',').map(str::trim) {
-            if !(url.starts_with("nats://") || url.starts_with("tls://")) || url.len() < 8 {
-                let message = format!("{url:?} is not a NATS URL (nats://host:port)");
-                return Err(invalid("cluster_nats_urls", message));
-            }
-        }
-        match &self.cluster_node_id {
-            Some(id) if parley_chat_logic::ids::is_valid_id(id) => Ok(()),
-            Some(id) => Err(invalid(
-                "cluster_node_id",
-                format!("{id:?} must be 1-64 letters, digits, '-' or '_'"),
-            )),
-            None => Err(invalid(
-                "cluster_node_id",
-                "must be set when cluster_nats_urls is",
-            )),
-        }
-    }
-
     /// The cluster's NATS servers, when cluster mode is on.
     pub fn cluster_urls(&self) -> Option<Vec<String>> {
         let urls = self.cluster_nats_urls.as_ref()?;
         Some(urls.split(',').map(|url| url.trim().to_owned()).collect())
-    }
-
-    /// The counts, timeouts and rates that must be at least 1 (the chat
-    /// limits among them are [`Limits::validate`]'s).
-    fn validate_positive(&self) -> Result<(), ConfigError> {
-        let secs = |value: u64| usize::try_from(value).unwrap_or(usize::MAX);
-        let count = |value: u32| usize::try_from(value).unwrap_or(usize::MAX);
-        for (key, value) in [
-            ("connect_timeout_secs", secs(self.connect_timeout_secs)),
-            (
-                "tls_handshake_timeout_secs",
-                secs(self.tls_handshake_timeout_secs),
-            ),
-            ("token_ttl_secs", secs(self.token_ttl_secs)),
-            (
-                "login_failures_per_user",
-                count(self.login_failures_per_user),
-            ),
-            (
-                "login_failures_per_addr",
-                count(self.login_failures_per_addr),
-            ),
-            (
-                "login_failure_window_secs",
-                secs(self.login_failure_window_secs),
-            ),
-            ("max_connections", self.max_connections),
-            ("max_connecting_per_addr", self.max_connecting_per_addr),
-            ("max_devices_per_user", self.max_devices_per_user),
-            ("receive_maximum", usize::from(self.receive_maximum)),
-            ("request_rate", count(self.request_rate)),
-            ("request_burst", count(self.request_burst)),
-            ("max_subscriptions", self.max_subscriptions),
-            ("inflight_window", usize::from(self.inflight_window)),
-            ("presence_timeout_secs", secs(self.presence_timeout_secs)),
-            ("push_max_attempts", count(self.push_max_attempts)),
-            ("push_timeout_secs", secs(self.push_timeout_secs)),
-            ("commit_batch_max", self.commit_batch_max),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        Ok(())
-    }
-
-    fn validate_listeners(&self) -> Result<(), ConfigError> {
-        let tls_listener = [("tls_addr", self.tls_addr), ("wss_addr", self.wss_addr)]
-            .into_iter()
-            .find(|(_, addr)| addr.is_some());
-        let pem = [("tls_cert", &self.tls_cert), ("tls_key", &self.tls_key)];
-        let pem_set = pem.iter().filter(|(_, value)| value.is_some()).count();
-        for (key, value) in pem {
-            if value.is_some() {
-                continue;
-            }
-            if let Some((listener, _)) = tls_listener {
-                let message = format!("must be set when {listener} is set");
-                return Err(ConfigError::Invalid { key, message });
-            }
-            if pem_set > 0 {
-                let message = "tls_cert and tls_key go together: set both or neither".to_owned();
-                return Err(ConfigError::Invalid { key, message });
-            }
-        }
-        let mut listeners = vec![
-            ("mqtt_addr", self.mqtt_addr),
-            ("ws_addr", self.ws_addr),
-            ("http_addr", self.http_addr),
-        ];
-        listeners.extend(self.tls_addr.map(|addr| ("tls_addr", addr)));
-        listeners.extend(self.wss_addr.map(|addr| ("wss_addr", addr)));
-        for (i, (key, addr)) in listeners.iter().enumerate() {
-            let clash = listeners[..i]
-                .iter()
-                .find(|(_, other)| addr.port() != 0 && other == addr);
-            if let Some((other_key, _)) = clash {
-                let message = format!("is the same address as {other_key} ({addr})");
-                return Err(ConfigError::Invalid { key, message });
-            }
-        }
-        Ok(())
-    }
-
-    /// Each `discovery_*` URL must use its transport's scheme.
-    fn validate_discovery(&self) -> Result<(), ConfigError> {
-        let keys = [
-            ("discovery_tcp", &self.discovery_tcp, "mqtt://"),
-            ("discovery_tls", &self.discovery_tls, "mqtts://"),
-            ("discovery_ws", &self.discovery_ws, "ws://"),
-            ("discovery_wss", &self.discovery_wss, "wss://"),
-        ];
-        for (key, value, scheme) in keys {
-            let Some(url) = value else { continue };
-            if url.strip_prefix(scheme).is_none_or(str::is_empty) {
-                let message = format!("must be a {scheme}host:port URL, got {url:?}");
-                return Err(ConfigError::Invalid { key, message });
-            }
-        }
-        Ok(())
     }
 
     /// Whether a certificate is configured: TLS listeners may run and the
@@ -484,14 +325,6 @@ impl Config {
     /// `push_timeout_secs` as a duration.
     pub fn push_timeout(&self) -> Duration {
         Duration::from_secs(self.push_timeout_secs)
-    }
-}
-
-/// An invalid value of `key`, and why.
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
     }
 }
 

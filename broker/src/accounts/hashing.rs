@@ -2,7 +2,7 @@
 //! strings) and verifying them with a reusable working area.
 //!
 //! Everything here is CPU-bound for tens of milliseconds: callers run it on
-//! the auth pool ([`crate::auth`]) or a blocking thread, never on the runtime.
+//! their own pool or a blocking thread, never on the runtime.
 
 use std::sync::OnceLock;
 

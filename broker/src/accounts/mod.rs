@@ -9,8 +9,9 @@
 //!
 //! Every function here blocks: it reads or writes RocksDB, and hashing a
 //! password takes tens of milliseconds of CPU by design. Async callers run
-//! them off the runtime (the auth pool in [`crate::auth`], or
-//! `spawn_blocking`). Accounts are never deleted.
+//! them off the runtime (on a pool of their own, or `spawn_blocking`).
+//! Accounts are never deleted. Nothing here knows who calls it: `auth`
+//! and the HTTP API use this module, never the other way round.
 
 pub mod hashing;
 pub mod tokens;

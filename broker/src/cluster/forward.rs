@@ -29,7 +29,7 @@ use prost::Message as _;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::leader::RETRY_PAUSE;
+use super::log::RETRY_PAUSE;
 use super::NodeContext;
 use crate::chat::engine::Forward;
 use crate::chat::{Committed, EngineHandle, JobResult};

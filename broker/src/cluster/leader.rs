@@ -13,7 +13,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
@@ -174,6 +173,3 @@ async fn hand_over(context: &NodeContext, revision: u64) {
         Err(error) => tracing::warn!(%error, "could not release the lease"),
     }
 }
-
-/// How long a new leader waits before competing again after a failure.
-pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);

@@ -1,5 +1,6 @@
-//! The replicated log: appending entries with the fence, and the leader's
-//! commit ([`LogCommit`]), the engine's [`Commit`] in cluster mode.
+//! The replicated log: appending entries with the fence, and reading its
+//! tail. The leader's commit on top of it is in `commit.rs`; this file
+//! knows nothing of the lease.
 //!
 //! Every append names the log seq it was planned on
 //! (`Nats-Expected-Last-Sequence`): JetStream refuses it if anyone appended
@@ -8,21 +9,21 @@
 //! stored at most once (JetStream answers a duplicate with the original
 //! seq) and never lands after someone else's.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::context::{Publish, PublishErrorKind};
 use bytes::Bytes;
-use parley_proto::cluster::{Delivery as LoggedDelivery, Friendship, LogEntry};
-use parley_storage::{Batch, StorageError};
+use parley_proto::cluster::LogEntry;
+use parley_storage::Batch;
 use prost::Message as _;
 
-use super::leader::RETRY_PAUSE;
-use super::nats::{Nats, LOG_STREAM, LOG_SUBJECT, MAX_ENTRY_BYTES};
+use super::nats::{Nats, LOG_STREAM, LOG_SUBJECT};
 use super::NodeContext;
-use crate::chat::commit::{Commit, Published};
-use crate::chat::engine::{Delivery, Effect};
 use crate::metrics as m;
+
+/// The pause before trying again: after a failed append, or a forwarded
+/// request that must be sent again.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The log's last seq (0 when empty).
 pub(crate) async fn last_seq(nats: &Nats) -> Result<u64, String> {
@@ -86,7 +87,9 @@ async fn append(
         .map_err(|e| e.to_string())
 }
 
-async fn try_append(
+/// Appends `payload` after `fence`, retrying with the same id (so it is
+/// stored at most once) until the request timeout.
+pub(super) async fn try_append(
     context: &NodeContext,
     payload: Bytes,
     fence: u64,
@@ -124,87 +127,5 @@ async fn try_append(
         }
         tracing::warn!(%error, fence, "log append failed; retrying with the same id");
         tokio::time::sleep(RETRY_PAUSE).await;
-    }
-}
-
-/// The leader's commit: append the batch with its deliveries, then apply
-/// it here. Refused on a node that does not lead.
-pub(crate) struct LogCommit {
-    context: Arc<NodeContext>,
-}
-
-impl LogCommit {
-    pub(crate) fn new(context: Arc<NodeContext>) -> LogCommit {
-        LogCommit { context }
-    }
-}
-
-impl Commit for LogCommit {
-    fn commit(
-        &self,
-        batch: Batch,
-        deliveries: &[Delivery],
-        effects: &[Effect],
-    ) -> Result<Published, StorageError> {
-        let context = &self.context;
-        let leadership = &context.leadership;
-        if !leadership.is_leader() {
-            return Err(StorageError::Replication("this node does not lead".into()));
-        }
-        let (term, fence) = (leadership.term(), leadership.tail());
-        let deliveries: Vec<LoggedDelivery> = deliveries.iter().map(logged_delivery).collect();
-        let friendships: Vec<Friendship> = effects.iter().filter_map(logged_friendship).collect();
-        let entry = LogEntry {
-            node: context.id.clone(),
-            term,
-            writes: batch.encode(),
-            deliveries,
-            friendships,
-        };
-        let payload = Bytes::from(entry.encode_to_vec());
-        if payload.len() > MAX_ENTRY_BYTES {
-            return Err(StorageError::Replication(format!(
-                "a batch of {} bytes is over the log's limit",
-                payload.len()
-            )));
-        }
-        let appended = context
-            .runtime
-            .block_on(try_append(context, payload, fence, term));
-        let seq = match appended {
-            Ok(seq) => seq,
-            Err(error) => {
-                super::leader::step_down(context, &error.to_string());
-                return Err(StorageError::Replication(error.to_string()));
-            }
-        };
-        leadership.set_tail(seq);
-        context
-            .applier
-            .apply(seq, batch, &entry.deliveries, &entry.friendships)?;
-        Ok(Published::Yes)
-    }
-
-    fn term(&self) -> u64 {
-        self.context.leadership.term()
-    }
-}
-
-fn logged_delivery(delivery: &Delivery) -> LoggedDelivery {
-    LoggedDelivery {
-        user: delivery.user.clone(),
-        inbox_seq: delivery.inbox_seq,
-        body: delivery.body.to_vec(),
-    }
-}
-
-fn logged_friendship(effect: &Effect) -> Option<Friendship> {
-    match effect {
-        Effect::Friendship { a, b, friends } => Some(Friendship {
-            a: a.clone(),
-            b: b.clone(),
-            friends: *friends,
-        }),
-        Effect::PushQueued => None,
     }
 }

@@ -8,7 +8,7 @@
 //! presence and typing.
 //!
 //! The shape (docs/SCALE-OUT.md, "phase 1"): one leader at a time runs the
-//! chat engine; its commit ([`log::LogCommit`]) appends the batch, fenced by
+//! chat engine; its commit ([`commit::LogCommit`]) appends the batch, fenced by
 //! `Nats-Expected-Last-Sequence`, and only then applies it here unsynced
 //! and answers; every node ([`follow`]) applies every entry in log order to
 //! its own RocksDB and hands the entry's deliveries to its own devices. So
@@ -22,6 +22,7 @@
 
 mod apply;
 mod bus;
+mod commit;
 mod follow;
 mod forward;
 mod leader;
@@ -41,7 +42,6 @@ use crate::chat::commit::Commit;
 use crate::chat::EngineHandle;
 use crate::config::Config;
 use crate::error::BrokerError;
-use crate::http::discovery::{Directory, Endpoints};
 use crate::presence::Presence;
 use crate::push::Push;
 use crate::router::Router;
@@ -49,6 +49,7 @@ use crate::router::Router;
 use apply::Applier;
 use leader::Leadership;
 use nats::Nats;
+pub use registry::{Directory, Endpoints};
 
 /// What this node knows about its place in the cluster.
 pub(crate) struct NodeContext {
@@ -112,7 +113,7 @@ impl ClusterNode {
 
     /// The engine's commit: append to the log, then apply here.
     pub fn committer(&self) -> Box<dyn Commit> {
-        Box::new(log::LogCommit::new(self.context.clone()))
+        Box::new(commit::LogCommit::new(self.context.clone()))
     }
 
     /// Starts the node's tasks and routes `engine`'s jobs (and the store's

@@ -57,18 +57,7 @@ impl Nats {
             .await
             .map_err(|e| fail("cannot connect to NATS", &e))?;
         let jetstream = jetstream::new(client.clone());
-        let log = stream::Config {
-            name: LOG_STREAM.into(),
-            subjects: vec![LOG_SUBJECT.into()],
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            duplicate_window: DUPLICATE_WINDOW,
-            max_message_size: MAX_ENTRY_BYTES as i32,
-            discard: stream::DiscardPolicy::New,
-            deny_delete: true,
-            allow_direct: true,
-            ..Default::default()
-        };
+        let log = log_stream(replicas);
         until_ready(LOG_STREAM, || jetstream.get_or_create_stream(log.clone()))
             .await
             .map_err(|e| fail("cannot create the log stream PARLEY_LOG", &e))?;
@@ -84,6 +73,24 @@ impl Nats {
             leases,
             nodes,
         })
+    }
+}
+
+/// The log stream's settings: file storage on `replicas` servers, no
+/// deletes, duplicates recognised within [`DUPLICATE_WINDOW`], entries up
+/// to [`MAX_ENTRY_BYTES`].
+fn log_stream(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: LOG_STREAM.into(),
+        subjects: vec![LOG_SUBJECT.into()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas,
+        duplicate_window: DUPLICATE_WINDOW,
+        max_message_size: MAX_ENTRY_BYTES as i32,
+        discard: stream::DiscardPolicy::New,
+        deny_delete: true,
+        allow_direct: true,
+        ..Default::default()
     }
 }
 

@@ -4,6 +4,10 @@
 //! with the fewest connections ([`Directory`]), so devices spread over the
 //! nodes and reconnect to a live one when theirs dies. A node that drops
 //! out of the registry has its users' presence dropped on every node.
+//!
+//! Owns the types login discovery reads the registry through: a node's
+//! [`Endpoints`] and the [`Directory`] of live nodes. The HTTP API uses them
+//! (`http::discovery`); nothing here knows HTTP.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -13,13 +17,30 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parley_proto::cluster::NodeInfo;
 use prost::Message as _;
+use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::NodeContext;
-use crate::http::discovery::{Directory, Endpoints};
 use crate::metrics as m;
 use crate::presence::Presence;
 use crate::router::Router;
+
+/// A node's MQTT URLs (unset: that listener is off): what it registers,
+/// and the `mqtt` object of a login answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Endpoints {
+    pub tcp: Option<String>,
+    pub tls: Option<String>,
+    pub ws: Option<String>,
+    pub wss: Option<String>,
+}
+
+/// The cluster's live nodes, for login discovery.
+pub trait Directory: Send + Sync + 'static {
+    /// The registered endpoints of the live, not draining node with the
+    /// fewest connections; `None` before the registry has been read.
+    fn least_loaded(&self) -> Option<Endpoints>;
+}
 
 /// How often a node refreshes its entry and reads the others'.
 const HEARTBEAT: Duration = Duration::from_secs(2);

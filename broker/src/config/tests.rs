@@ -368,3 +368,24 @@ fn for_tests_binds_loopback_port_zero() {
     assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
     c.validate().unwrap();
 }
+
+#[test]
+fn gateway_urls_need_http_or_https_and_a_host() {
+    for good in [
+        "http://127.0.0.1:5000/_matrix/push/v1/notify",
+        "https://push.example.com/_matrix/push/v1/notify",
+        "http://gw",
+    ] {
+        assert!(parse_gateway_url(good).is_ok(), "{good}");
+    }
+    for bad in [
+        "ftp://x",
+        "http://",
+        "https:///path",
+        "push.example.com",
+        "",
+        "http://a b",
+    ] {
+        assert!(parse_gateway_url(bad).is_err(), "{bad}");
+    }
+}

@@ -12,8 +12,7 @@
 
 use std::net::SocketAddr;
 
-use serde::Serialize;
-
+use crate::cluster::{Directory, Endpoints};
 use crate::config::Config;
 
 /// The bound MQTT listeners (TLS ones only when configured).
@@ -25,24 +24,8 @@ pub struct Listeners {
     pub wss: Option<SocketAddr>,
 }
 
-/// The answer's `mqtt` object.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Endpoints {
-    pub tcp: Option<String>,
-    pub tls: Option<String>,
-    pub ws: Option<String>,
-    pub wss: Option<String>,
-}
-
 /// Stands for the request's host in registered URLs.
 pub const HOST: &str = "{host}";
-
-/// The cluster's live nodes, for login discovery.
-pub trait Directory: Send + Sync + 'static {
-    /// The registered endpoints of the live, not draining node with the
-    /// fewest connections; `None` before the registry has been read.
-    fn least_loaded(&self) -> Option<Endpoints>;
-}
 
 /// What discovery knows: the configured URLs and the bound listeners (and,
 /// in a cluster, the registry).

@@ -21,7 +21,7 @@ use parley_storage::{PushJob, PushRegistration};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::ConfigError;
+use crate::config::{parse_gateway_url, ConfigError};
 
 /// The notification `type` of a chat message.
 pub const NOTIFICATION_TYPE: &str = "chat.v1.message";
@@ -35,20 +35,6 @@ const LOGGED_ANSWER_BYTES: usize = 200;
 const POOL_IDLE: Duration = Duration::from_secs(60);
 /// Sent as the `User-Agent` of every request.
 const AGENT: &str = concat!("parley/", env!("CARGO_PKG_VERSION"));
-
-/// `url` as the gateway's notify URL: an `http://` or `https://` URL with a
-/// host. The error says what is wrong (the caller names the key).
-pub fn parse_gateway_url(url: &str) -> Result<Uri, String> {
-    let uri: Uri = url
-        .parse()
-        .map_err(|error| format!("must be an http:// or https:// URL ({error})"))?;
-    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
-    let host_ok = uri.host().is_some_and(|host| !host.is_empty());
-    if !scheme_ok || !host_ok {
-        return Err("must be an http:// or https:// URL with a host".to_owned());
-    }
-    Ok(uri)
-}
 
 /// What a gateway's answer to one notification means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,27 +240,6 @@ pub fn event_id(job: &PushJob) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gateway_urls_need_http_or_https_and_a_host() {
-        for good in [
-            "http://127.0.0.1:5000/_matrix/push/v1/notify",
-            "https://push.example.com/_matrix/push/v1/notify",
-            "http://gw",
-        ] {
-            assert!(parse_gateway_url(good).is_ok(), "{good}");
-        }
-        for bad in [
-            "ftp://x",
-            "http://",
-            "https:///path",
-            "push.example.com",
-            "",
-            "http://a b",
-        ] {
-            assert!(parse_gateway_url(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn log_lines_show_the_url_without_user_info() {

@@ -39,7 +39,7 @@ pub use parley_storage::{PushJob, PushRegistration, PUSH_BODY_CHARS};
 pub use registrations::Registrations;
 pub use worker::{Backoff, MAX_IN_FLIGHT};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{parse_gateway_url, Config, ConfigError};
 use crate::error::BrokerError;
 
 /// The push settings, from the config keys `push_gateway`,
@@ -74,7 +74,7 @@ impl PushConfig {
             })
         };
         if let Some(url) = &self.gateway {
-            if let Err(message) = gateway::parse_gateway_url(url) {
+            if let Err(message) = parse_gateway_url(url) {
                 return invalid("push_gateway", &message);
             }
         }

@@ -4,8 +4,8 @@
 //! rustls server configurations ([`TlsAcceptors`]), the server side of one
 //! handshake with its deadline ([`handshake`]), and [`TlsListener`], the
 //! HTTPS listener that axum serves.
-//! Must not: accept MQTT connections (the accept loops in [`crate::server`]
-//! do, and run each handshake inside that connection's own task), know MQTT
+//! Must not: accept MQTT connections (the broker's accept loops, above
+//! this module, do, and run each handshake inside that connection's own task), know MQTT
 //! or HTTP, or install a process-wide crypto provider (the provider is given
 //! to every configuration explicitly).
 //!
