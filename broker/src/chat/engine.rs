@@ -258,12 +258,7 @@ impl Engine {
     }
 
     fn run_batch(&mut self, jobs: Vec<Job>, writes: Vec<Writes>) {
-        // a new term (another node led in between): counters from the store
-        let term = self.committer.term();
-        if term != self.term {
-            self.sequences.reset();
-            self.term = term;
-        }
+        self.follow_term();
         let PlannedBatch {
             results,
             batch,
@@ -287,17 +282,7 @@ impl Engine {
         };
         let published = match committed {
             Ok(published) => published,
-            Err(error) => {
-                tracing::error!(%error, jobs = jobs.len(), "batch not committed; nothing was acked");
-                self.sequences.reset();
-                for job in jobs {
-                    let _ = job.done.send(Err(ChatError::internal("storage failure")));
-                }
-                for done in write_dones {
-                    let _ = done.send(Err(StorageError::Replication(error.to_string())));
-                }
-                return;
-            }
+            Err(error) => return self.fail_batch(&error, jobs, write_dones),
         };
         if published == Published::No {
             self.publish(deliveries);
@@ -308,6 +293,33 @@ impl Engine {
         }
         for done in write_dones {
             let _ = done.send(Ok(()));
+        }
+    }
+
+    /// A new term (another node led in between): counters from the store.
+    fn follow_term(&mut self) {
+        let term = self.committer.term();
+        if term != self.term {
+            self.sequences.reset();
+            self.term = term;
+        }
+    }
+
+    /// The batch was not committed: nothing is acked, every job and write
+    /// fails, and the counters are read again from the store.
+    fn fail_batch(
+        &mut self,
+        error: &StorageError,
+        jobs: Vec<Job>,
+        write_dones: Vec<oneshot::Sender<Result<(), StorageError>>>,
+    ) {
+        tracing::error!(%error, jobs = jobs.len(), "batch not committed; nothing was acked");
+        self.sequences.reset();
+        for job in jobs {
+            let _ = job.done.send(Err(ChatError::internal("storage failure")));
+        }
+        for done in write_dones {
+            let _ = done.send(Err(StorageError::Replication(error.to_string())));
         }
     }
 

@@ -17,7 +17,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use parley_chat_logic::command::{decode_request, salvage_request_id, Command, RegisterPush};
+use parley_chat_logic::command::{
+    decode_request, salvage_request_id, Command, RegisterPush, Typing,
+};
 use parley_chat_logic::ids::AccountKind;
 use parley_chat_logic::limits::Limits;
 use parley_chat_logic::ChatError;
@@ -117,6 +119,8 @@ impl ChatService {
         }
     }
 
+    /// Starts `command`: reads on a blocking thread, push registrations in
+    /// a task, writes through the engine.
     async fn start(&self, requester: Requester<'_>, command: Command, request: &[u8]) -> Pending {
         let user = requester.user.to_owned();
         let device = requester.device.to_owned();
@@ -143,36 +147,49 @@ impl ChatService {
                         .map(reply::Body::Presence)
                 })
             }
-            Command::Typing(typing) => {
-                if let Err(error) = requester.typing.take() {
-                    return Pending::Ready(Err(error));
-                }
-                let router = self.router.clone();
-                Pending::blocking(move || {
-                    typing::forward(&store, &router, &user, &typing.channel).map(reply::Body::Ack)
-                })
-            }
+            Command::Typing(notice) => self.forward_typing(requester.typing, store, user, notice),
             Command::RegisterPush(register) => {
                 let push = self.push.clone();
                 Pending::Task(tokio::spawn(async move {
                     register_push(&push, &user, &device, register).await
                 }))
             }
-            Command::Logout => {
-                let push = self.push.clone();
-                Pending::Task(tokio::spawn(async move {
-                    // the device signs out: it gets no more notifications
-                    if let Err(error) = push.unregister(&user, &device).await {
-                        tracing::error!(%error, "cannot drop the push registration at logout");
-                    }
-                    Ok(ack_now())
-                }))
-            }
+            Command::Logout => self.logout(user, device),
             write => match self.engine.submit(user, write, request).await {
                 Ok(result) => Pending::Engine(result),
                 Err(error) => Pending::Ready(Err(error)),
             },
         }
+    }
+
+    /// `Typing`: within the device's `allowance`, forwarded live to the
+    /// channel's other members.
+    fn forward_typing(
+        &self,
+        allowance: &mut TypingLimit,
+        store: Store,
+        user: String,
+        notice: Typing,
+    ) -> Pending {
+        if let Err(error) = allowance.take() {
+            return Pending::Ready(Err(error));
+        }
+        let router = self.router.clone();
+        Pending::blocking(move || {
+            typing::forward(&store, &router, &user, &notice.channel).map(reply::Body::Ack)
+        })
+    }
+
+    /// `Logout`: drops the device's push registration.
+    fn logout(&self, user: String, device: String) -> Pending {
+        let push = self.push.clone();
+        Pending::Task(tokio::spawn(async move {
+            // the device signs out: it gets no more notifications
+            if let Err(error) = push.unregister(&user, &device).await {
+                tracing::error!(%error, "cannot drop the push registration at logout");
+            }
+            Ok(ack_now())
+        }))
     }
 }
 
