@@ -79,69 +79,30 @@ impl Plan {
 pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<Report> {
     let plan = Plan::new(args);
     let before = super::sample_memory(args);
-    let clients = conn::connect_all_or_fail(args, &plan.logins, stats).await?;
-    // Slow consumers (`--stalled`, dm only): up before the `connected` sample,
-    // open until after the `after` one.
-    let stalled = match stalled::open_all(args, stats).await {
-        Ok(stalled) => stalled,
-        Err(err) => {
-            conn::disconnect_all(&clients).await;
-            return Err(err.context("opening the --stalled connections"));
-        }
-    };
+    let (clients, stalled) = connect_with_stalled(args, &plan, stats).await?;
     let connected = super::sample_memory(args);
     if let Err(err) = create_groups(&clients, &plan).await {
         conn::disconnect_all(&clients).await;
         return Err(err);
     }
 
-    let send_start_us = stats.now_us() + LEAD_US;
-    let duration_us = args.duration * 1_000_000;
-    let send_end = stats.instant_at(send_start_us + duration_us);
-    let drain_deadline = send_end + Duration::from_secs(args.drain_secs);
+    let schedule = Schedule::new(args, stats);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = super::spawn_progress(stats.clone(), stop.clone(), args.quiet);
-    let receivers = spawn_receivers(
-        &clients,
-        stats,
-        &stop,
-        drain_deadline + Duration::from_secs(5),
-    );
-
-    let mut senders = JoinSet::new();
-    for (i, stream) in plan.streams.iter().enumerate() {
-        let pacer = Pacer::new(args.rate, plan.streams.len(), i, send_start_us, duration_us);
-        let sender = Sender {
-            client: clients[stream.sender].clone(),
-            channel: stream.channel.clone(),
-            tag: format!("s{i}"),
-            payload: args.payload as usize,
-            max_outstanding: args.max_outstanding as usize,
-            deadline: drain_deadline,
-            stats: stats.clone(),
-        };
-        senders.spawn(sender.run(pacer));
-    }
-    let mut in_flight = Vec::new();
-    while let Some(joined) = senders.join_next().await {
-        in_flight.extend(joined.ok());
-    }
-    super::wait_for_deliveries(stats, plan.recipients, drain_deadline).await;
+    let mut receivers = spawn_receivers(&clients, stats, &stop, schedule.hard_deadline());
+    let in_flight = send_all(args, &plan, &clients, stats, &schedule).await;
+    super::wait_for_deliveries(stats, plan.recipients, schedule.drain_deadline).await;
 
     stop.store(true, Ordering::Relaxed);
-    let mut receivers = receivers;
     while receivers.join_next().await.is_some() {}
     let _ = progress.await;
     let after = super::sample_memory(args);
     let stalled_connections = stalled.len() as u64;
     let stalled_closed = stalled.close().await;
     conn::disconnect_all(&clients).await;
-    // Sends still waiting failed with the disconnect; let them count before the report.
-    for (permits, all) in in_flight {
-        let _ = tokio::time::timeout(Duration::from_secs(2), permits.acquire_many(all)).await;
-    }
+    wait_for_unanswered_sends(in_flight).await;
 
-    let mut report = report(stats, plan.recipients, send_start_us, args.duration);
+    let mut report = report(stats, plan.recipients, schedule.start_us, args.duration);
     report.connections = clients.len() as u64;
     report.stalled_connections = stalled_connections;
     report.stalled_closed_by_broker = stalled_closed;
@@ -153,6 +114,98 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
         clients.len() as u64 + stalled_connections,
     );
     Ok(report)
+}
+
+/// The clock of a sending run (`dm`, `group`, `relay`): the first send is
+/// due [`LEAD_US`] after the set-up, sending lasts `--duration`, and the
+/// drain `--drain-secs` more.
+pub(crate) struct Schedule {
+    /// When the first send is due, on the [`Stats`] clock.
+    pub start_us: u64,
+    /// How long the senders send.
+    pub duration_us: u64,
+    /// When the senders and the wait for deliveries give up.
+    pub drain_deadline: Instant,
+}
+
+impl Schedule {
+    /// The schedule of a run whose set-up ends now.
+    pub fn new(args: &BenchArgs, stats: &Stats) -> Schedule {
+        let start_us = stats.now_us() + LEAD_US;
+        let duration_us = args.duration * 1_000_000;
+        let send_end = stats.instant_at(start_us + duration_us);
+        Schedule {
+            start_us,
+            duration_us,
+            drain_deadline: send_end + Duration::from_secs(args.drain_secs),
+        }
+    }
+
+    /// When the receiving loops stop whatever happens: 5 s after the drain.
+    pub fn hard_deadline(&self) -> Instant {
+        self.drain_deadline + Duration::from_secs(5)
+    }
+
+    /// The pacing of stream `index` of `streams` sharing `rate` msg/s.
+    pub fn pacer(&self, rate: f64, streams: usize, index: usize) -> Pacer {
+        Pacer::new(rate, streams, index, self.start_us, self.duration_us)
+    }
+}
+
+/// Connects the plan's clients, then the slow consumers (`--stalled`, dm
+/// only): up before the `connected` sample, open until after the `after`
+/// one. If the slow consumers fail, the clients are disconnected.
+async fn connect_with_stalled(
+    args: &BenchArgs,
+    plan: &Plan,
+    stats: &Arc<Stats>,
+) -> anyhow::Result<(Vec<Client>, stalled::Stalled)> {
+    let clients = conn::connect_all_or_fail(args, &plan.logins, stats).await?;
+    match stalled::open_all(args, stats).await {
+        Ok(stalled) => Ok((clients, stalled)),
+        Err(err) => {
+            conn::disconnect_all(&clients).await;
+            Err(err.context("opening the --stalled connections"))
+        }
+    }
+}
+
+/// Runs one [`Sender`] per stream until each has sent its share (or gave
+/// up at the drain deadline); returns the in-flight permits of each.
+async fn send_all(
+    args: &BenchArgs,
+    plan: &Plan,
+    clients: &[Client],
+    stats: &Arc<Stats>,
+    schedule: &Schedule,
+) -> Vec<(Arc<Semaphore>, u32)> {
+    let mut senders = JoinSet::new();
+    for (i, stream) in plan.streams.iter().enumerate() {
+        let pacer = schedule.pacer(args.rate, plan.streams.len(), i);
+        let sender = Sender {
+            client: clients[stream.sender].clone(),
+            channel: stream.channel.clone(),
+            tag: format!("s{i}"),
+            payload: args.payload as usize,
+            max_outstanding: args.max_outstanding as usize,
+            deadline: schedule.drain_deadline,
+            stats: stats.clone(),
+        };
+        senders.spawn(sender.run(pacer));
+    }
+    let mut in_flight = Vec::new();
+    while let Some(joined) = senders.join_next().await {
+        in_flight.extend(joined.ok());
+    }
+    in_flight
+}
+
+/// Sends still waiting failed with the disconnect: waits (at most 2 s per
+/// sender) until every permit is back, so they count before the report.
+async fn wait_for_unanswered_sends(in_flight: Vec<(Arc<Semaphore>, u32)>) {
+    for (permits, all) in in_flight {
+        let _ = tokio::time::timeout(Duration::from_secs(2), permits.acquire_many(all)).await;
+    }
 }
 
 async fn create_groups(clients: &[Client], plan: &Plan) -> anyhow::Result<()> {

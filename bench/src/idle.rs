@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use super::conn::{self, error_kind};
 use super::report::Report;
 use super::stats::Stats;
-use super::BenchArgs;
-use parley_client::Client;
+use super::{rss, BenchArgs};
+use parley_client::{Client, ClientError};
 
 /// Time for the broker to settle after the last connection, before its RSS is read.
 const SETTLE: Duration = Duration::from_secs(1);
@@ -24,30 +24,18 @@ const SETTLE: Duration = Duration::from_secs(1);
 pub const WARM_UP: usize = 100;
 
 pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<Report> {
-    let users = args.idle_users as usize;
-    let logins: Vec<(String, String)> = (0..args.connections as usize)
-        .map(|i| (args.user(i % users), format!("idle{i}")))
-        .collect();
+    let logins = logins(args);
     let warm_up = WARM_UP.min(logins.len() / 10);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = super::spawn_progress(stats.clone(), stop.clone(), args.quiet);
 
-    let mut results = conn::connect_all(args, &logins[..warm_up], stats).await;
-    tokio::time::sleep(SETTLE).await;
-    let before = super::sample_memory(args);
-    results.extend(conn::connect_all(args, &logins[warm_up..], stats).await);
+    let (results, before) = connect_after_warm_up(args, &logins, warm_up, stats).await;
     let attempted = results.len() as u64;
     let clients: Vec<Client> = results.into_iter().filter_map(Result::ok).collect();
     let warmed = clients.len().min(warm_up) as u64;
     if clients.is_empty() {
         stop.store(true, Ordering::Relaxed);
-        anyhow::bail!(
-            "no idle connection to {} succeeded (users {}0..{}{} must exist with --password)",
-            args.broker,
-            args.users_prefix,
-            args.users_prefix,
-            users - 1
-        );
+        return Err(nobody_connected(args));
     }
     tokio::time::sleep(SETTLE).await;
     let connected = super::sample_memory(args);
@@ -66,24 +54,67 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     let _ = progress.await;
     conn::disconnect_all(&clients).await;
 
+    let mut report = report(args, stats, attempted, clients.len() as u64);
+    report.broker_memory = super::broker_memory(
+        args,
+        before,
+        connected,
+        after,
+        clients.len() as u64 - warmed,
+    );
+    Ok(report)
+}
+
+/// `(user, device)` of connection `i`: the `--idle-users` users in turn,
+/// on device `idle{i}`.
+fn logins(args: &BenchArgs) -> Vec<(String, String)> {
+    let users = args.idle_users as usize;
+    (0..args.connections as usize)
+        .map(|i| (args.user(i % users), format!("idle{i}")))
+        .collect()
+}
+
+/// Connects the first `warm_up` logins, lets the broker settle and takes
+/// the "before" sample, then connects the rest; returns every attempt's
+/// result, in login order, and the sample.
+async fn connect_after_warm_up(
+    args: &BenchArgs,
+    logins: &[(String, String)],
+    warm_up: usize,
+    stats: &Arc<Stats>,
+) -> (Vec<Result<Client, ClientError>>, Option<rss::Memory>) {
+    let mut results = conn::connect_all(args, &logins[..warm_up], stats).await;
+    tokio::time::sleep(SETTLE).await;
+    let before = super::sample_memory(args);
+    results.extend(conn::connect_all(args, &logins[warm_up..], stats).await);
+    (results, before)
+}
+
+/// The error of a run in which no connection succeeded.
+fn nobody_connected(args: &BenchArgs) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no idle connection to {} succeeded (users {}0..{}{} must exist with --password)",
+        args.broker,
+        args.users_prefix,
+        args.users_prefix,
+        args.idle_users as usize - 1
+    )
+}
+
+/// The run's figures: `connections` of the `attempted` connected, the
+/// heartbeats sent and the errors (the broker's memory is added by `run`).
+fn report(args: &BenchArgs, stats: &Stats, attempted: u64, connections: u64) -> Report {
     let counts = stats.counts();
-    Ok(Report {
-        connections: clients.len() as u64,
-        connect_errors: attempted - clients.len() as u64,
+    Report {
+        connections,
+        connect_errors: attempted - connections,
         send_secs: args.duration as f64,
         sent: counts.sent,
         errors: counts.errors,
         error_kinds: stats.error_kinds(),
         connect_latency: stats.connect_latency(),
-        broker_memory: super::broker_memory(
-            args,
-            before,
-            connected,
-            after,
-            clients.len() as u64 - warmed,
-        ),
         ..Report::default()
-    })
+    }
 }
 
 /// Keeps the connections for `duration`; each second, the connections whose

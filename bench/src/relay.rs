@@ -18,14 +18,13 @@ use rumqttc::{
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use super::chat::Schedule;
 use super::pacing::Pacer;
 use super::report::Report;
 use super::stats::Stats;
 use super::{conn, payload, BenchArgs};
 use parley_client::ClientError;
 
-/// Lead time between the end of the set-up and the first due publish.
-const LEAD_US: u64 = 200_000;
 /// How long a connection may take to be ready (CONNACK, and SUBACK for subscribers).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,56 +49,19 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     let pairs = args.pairs as usize;
     let fanout = args.subscribers as usize;
     let before = super::sample_memory(args);
-    let subscriptions = (0..pairs)
-        .flat_map(|p| (1..=fanout).map(move |k| (publisher_index(p, fanout) + k, Some(topic(p)))));
-    let subscribers = connect_many(args, stats, subscriptions).await?;
-    let publishers = connect_many(
-        args,
-        stats,
-        (0..pairs).map(|p| (publisher_index(p, fanout), None)),
-    )
-    .await?;
+    let (subscribers, publishers) = connect_topics(args, stats, pairs, fanout).await?;
     let connected = super::sample_memory(args);
 
-    let send_start_us = stats.now_us() + LEAD_US;
-    let duration_us = args.duration * 1_000_000;
-    let drain_deadline =
-        stats.instant_at(send_start_us + duration_us) + Duration::from_secs(args.drain_secs);
-    let hard_deadline = drain_deadline + Duration::from_secs(5);
+    let schedule = Schedule::new(args, stats);
     let stop = Arc::new(AtomicBool::new(false));
     let progress = super::spawn_progress(stats.clone(), stop.clone(), args.quiet);
-
     let mut loops = JoinSet::new();
-    let mut handles = Vec::new();
-    for sub in subscribers {
-        handles.push(sub.client.clone());
-        loops.spawn(bounded(
-            hard_deadline,
-            subscriber_loop(sub.eventloop, stats.clone()),
-        ));
-    }
-    let mut senders = JoinSet::new();
-    for (p, publisher) in publishers.into_iter().enumerate() {
-        handles.push(publisher.client.clone());
-        let queue = Arc::new(Mutex::new(VecDeque::new()));
-        loops.spawn(bounded(
-            hard_deadline,
-            publisher_loop(publisher.eventloop, queue.clone(), stats.clone()),
-        ));
-        let pacer = Pacer::new(args.rate, pairs, p, send_start_us, duration_us);
-        let sender = Sender {
-            client: publisher.client,
-            topic: topic(p),
-            queue,
-            payload: args.payload as usize,
-            deadline: drain_deadline,
-            stats: stats.clone(),
-        };
-        senders.spawn(sender.run(pacer));
-    }
+    let mut handles = spawn_subscribers(subscribers, &mut loops, stats, &schedule);
+    let mut senders =
+        spawn_publishers(publishers, &mut loops, &mut handles, args, stats, &schedule);
     while senders.join_next().await.is_some() {}
-    wait_for_acks(stats, drain_deadline).await;
-    super::wait_for_deliveries(stats, fanout as u64, drain_deadline).await;
+    wait_for_acks(stats, schedule.drain_deadline).await;
+    super::wait_for_deliveries(stats, fanout as u64, schedule.drain_deadline).await;
 
     stop.store(true, Ordering::Relaxed);
     let after = super::sample_memory(args);
@@ -109,10 +71,81 @@ pub(crate) async fn run(args: &BenchArgs, stats: &Arc<Stats>) -> anyhow::Result<
     while loops.join_next().await.is_some() {}
     let _ = progress.await;
 
-    let mut report = super::chat::report(stats, fanout as u64, send_start_us, args.duration);
+    let mut report = super::chat::report(stats, fanout as u64, schedule.start_us, args.duration);
     report.connections = (pairs * (fanout + 1)) as u64;
     report.broker_memory = super::broker_memory(args, before, connected, after, report.connections);
     Ok(report)
+}
+
+/// Connects the `fanout` subscribers of each of the `pairs` topics, then
+/// the topics' publishers; returns `(subscribers, publishers)`.
+async fn connect_topics(
+    args: &BenchArgs,
+    stats: &Arc<Stats>,
+    pairs: usize,
+    fanout: usize,
+) -> anyhow::Result<(Vec<RawConn>, Vec<RawConn>)> {
+    let subscriptions = (0..pairs)
+        .flat_map(|p| (1..=fanout).map(move |k| (publisher_index(p, fanout) + k, Some(topic(p)))));
+    let subscribers = connect_many(args, stats, subscriptions).await?;
+    let publishers = connect_many(
+        args,
+        stats,
+        (0..pairs).map(|p| (publisher_index(p, fanout), None)),
+    )
+    .await?;
+    Ok((subscribers, publishers))
+}
+
+/// Spawns each subscriber's event loop on `loops`, until the hard
+/// deadline; returns the subscribers' clients.
+fn spawn_subscribers(
+    subscribers: Vec<RawConn>,
+    loops: &mut JoinSet<()>,
+    stats: &Arc<Stats>,
+    schedule: &Schedule,
+) -> Vec<AsyncClient> {
+    let mut handles = Vec::new();
+    for sub in subscribers {
+        handles.push(sub.client.clone());
+        loops.spawn(bounded(
+            schedule.hard_deadline(),
+            subscriber_loop(sub.eventloop, stats.clone()),
+        ));
+    }
+    handles
+}
+
+/// Spawns each publisher's event loop on `loops` (until the hard deadline)
+/// and its [`Sender`] on the set returned; adds its client to `handles`.
+fn spawn_publishers(
+    publishers: Vec<RawConn>,
+    loops: &mut JoinSet<()>,
+    handles: &mut Vec<AsyncClient>,
+    args: &BenchArgs,
+    stats: &Arc<Stats>,
+    schedule: &Schedule,
+) -> JoinSet<()> {
+    let pairs = args.pairs as usize;
+    let mut senders = JoinSet::new();
+    for (p, publisher) in publishers.into_iter().enumerate() {
+        handles.push(publisher.client.clone());
+        let queue = Arc::new(Mutex::new(VecDeque::new()));
+        loops.spawn(bounded(
+            schedule.hard_deadline(),
+            publisher_loop(publisher.eventloop, queue.clone(), stats.clone()),
+        ));
+        let sender = Sender {
+            client: publisher.client,
+            topic: topic(p),
+            queue,
+            payload: args.payload as usize,
+            deadline: schedule.drain_deadline,
+            stats: stats.clone(),
+        };
+        senders.spawn(sender.run(schedule.pacer(args.rate, pairs, p)));
+    }
+    senders
 }
 
 /// Runs `task` until it ends or until `deadline`.

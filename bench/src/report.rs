@@ -212,6 +212,44 @@ impl Report {
 
     /// The report as a Markdown section with one two-column table.
     pub fn to_markdown(&self) -> String {
+        let mut rows = self.setup_rows();
+        rows.push(("sent".into(), self.sent.to_string()));
+        if self.sends_messages() {
+            rows.extend(self.message_rows());
+        }
+        rows.push((
+            "connect p50 / p99 / p99.9 / max (ms)".into(),
+            latency_cell(&self.connect_latency),
+        ));
+        rows.push(("errors".into(), self.errors_cell()));
+        rows.extend(self.memory_rows());
+        rows.extend(self.storm_rows());
+        rows.extend(self.saturation_rows());
+        markdown_section(&self.scenario, &self.label, rows)
+    }
+}
+
+/// A `### parley-bench {scenario} ({label})` heading over a `metric |
+/// value` table of `rows` (a `|` in a value is escaped).
+fn markdown_section(scenario: &str, label: &str, rows: Vec<(String, String)>) -> String {
+    let mut out = String::new();
+    let label = if label.is_empty() {
+        String::new()
+    } else {
+        format!(" ({label})")
+    };
+    let _ = writeln!(out, "### parley-bench {scenario}{label}\n");
+    let _ = writeln!(out, "| metric | value |\n|---|---|");
+    for (k, v) in rows {
+        let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
+    }
+    out
+}
+
+impl Report {
+    /// What the run was asked to do: broker, connections, the scenario's
+    /// shape, the offered load and the duration.
+    fn setup_rows(&self) -> Vec<(String, String)> {
         let mut rows: Vec<(String, String)> = vec![
             (
                 "broker".into(),
@@ -231,76 +269,91 @@ impl Report {
                 ),
             ));
         }
+        rows.push(self.shape_row());
         let p = &self.params;
-        match self.scenario.as_str() {
-            "relay" if p.subscribers > 1 => rows.push((
-                "topics x subscribers".into(),
-                format!("{} x {}", p.pairs, p.subscribers),
-            )),
-            "dm" | "relay" => rows.push(("pairs".into(), p.pairs.to_string())),
-            "connect" => rows.push(("devices".into(), p.connections.to_string())),
-            "group" => rows.push((
-                "groups x members".into(),
-                format!("{} x {}", p.groups, p.group_size),
-            )),
-            _ => rows.push(("heartbeat every".into(), format!("{} s", p.heartbeat_secs))),
-        }
         if self.sends_messages() {
             rows.push(("target rate".into(), format!("{:.0} msg/s", p.rate)));
             rows.push(("TCP_NODELAY".into(), p.tcp_nodelay.to_string()));
             rows.push(("payload".into(), format!("{} B", p.payload_bytes)));
         }
         rows.push(("duration".into(), format!("{} s", p.duration_secs)));
-        rows.push(("sent".into(), self.sent.to_string()));
-        if self.sends_messages() {
-            rows.extend([
-                (
-                    "accepted".into(),
-                    format!("{} ({} duplicate)", self.accepted, self.duplicates),
-                ),
-                ("accepted/s".into(), format!("{:.0}", self.accepted_per_sec)),
-                (
-                    "delivered".into(),
-                    format!(
-                        "{} of {} expected ({} lost)",
-                        self.delivered, self.expected_deliveries, self.lost
-                    ),
-                ),
-                (
-                    "delivered/s".into(),
-                    format!("{:.0}", self.delivered_per_sec),
-                ),
-                (
-                    "inbox deliveries/s".into(),
-                    format!("{:.0}", self.inbox_deliveries_per_sec),
-                ),
-                (
-                    "send->ack p50 / p99 / p99.9 / max (ms)".into(),
-                    latency_cell(&self.ack_latency),
-                ),
-                (
-                    "send->delivery p50 / p99 / p99.9 / max (ms)".into(),
-                    latency_cell(&self.delivery_latency),
-                ),
-            ]);
+        rows
+    }
+
+    /// The scenario's shape: pairs, topics x subscribers, devices, groups
+    /// x members, or (`idle`) the heartbeat interval.
+    fn shape_row(&self) -> (String, String) {
+        let p = &self.params;
+        match self.scenario.as_str() {
+            "relay" if p.subscribers > 1 => (
+                "topics x subscribers".into(),
+                format!("{} x {}", p.pairs, p.subscribers),
+            ),
+            "dm" | "relay" => ("pairs".into(), p.pairs.to_string()),
+            "connect" => ("devices".into(), p.connections.to_string()),
+            "group" => (
+                "groups x members".into(),
+                format!("{} x {}", p.groups, p.group_size),
+            ),
+            _ => ("heartbeat every".into(), format!("{} s", p.heartbeat_secs)),
         }
-        rows.push((
-            "connect p50 / p99 / p99.9 / max (ms)".into(),
-            latency_cell(&self.connect_latency),
-        ));
+    }
+
+    /// Acks, deliveries, their rates and latencies (scenarios that send).
+    fn message_rows(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "accepted".into(),
+                format!("{} ({} duplicate)", self.accepted, self.duplicates),
+            ),
+            ("accepted/s".into(), format!("{:.0}", self.accepted_per_sec)),
+            (
+                "delivered".into(),
+                format!(
+                    "{} of {} expected ({} lost)",
+                    self.delivered, self.expected_deliveries, self.lost
+                ),
+            ),
+            (
+                "delivered/s".into(),
+                format!("{:.0}", self.delivered_per_sec),
+            ),
+            (
+                "inbox deliveries/s".into(),
+                format!("{:.0}", self.inbox_deliveries_per_sec),
+            ),
+            (
+                "send->ack p50 / p99 / p99.9 / max (ms)".into(),
+                latency_cell(&self.ack_latency),
+            ),
+            (
+                "send->delivery p50 / p99 / p99.9 / max (ms)".into(),
+                latency_cell(&self.delivery_latency),
+            ),
+        ]
+    }
+
+    /// The error count, followed by the count of each kind if any.
+    fn errors_cell(&self) -> String {
         let kinds: Vec<String> = self
             .error_kinds
             .iter()
             .map(|(k, n)| format!("{k}: {n}"))
             .collect();
-        let errors = if kinds.is_empty() {
+        if kinds.is_empty() {
             self.errors.to_string()
         } else {
             format!("{} ({})", self.errors, kinds.join(", "))
+        }
+    }
+
+    /// The broker's RSS over the run and per connection (with `--broker-pid`).
+    fn memory_rows(&self) -> Vec<(String, String)> {
+        let Some(m) = &self.broker_memory else {
+            return Vec::new();
         };
-        rows.push(("errors".into(), errors));
-        if let Some(m) = &self.broker_memory {
-            rows.push((
+        vec![
+            (
                 "broker RSS before / connected / after / peak (MiB)".into(),
                 format!(
                     "{:.1} / {:.1} / {:.1} / {:.1}",
@@ -309,36 +362,21 @@ impl Report {
                     m.after_kb as f64 / 1024.0,
                     m.peak_kb as f64 / 1024.0
                 ),
-            ));
-            rows.push((
+            ),
+            (
                 "broker RSS per connection".into(),
                 format!("{:.0} B", m.growth_per_connection_bytes),
-            ));
-        }
-        rows.extend(self.storm_rows());
-        rows.extend(self.saturation_rows());
-        let mut out = String::new();
-        let label = if self.label.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", self.label)
-        };
-        let _ = writeln!(out, "### parley-bench {}{label}\n", self.scenario);
-        let _ = writeln!(out, "| metric | value |\n|---|---|");
-        for (k, v) in rows {
-            let _ = writeln!(out, "| {k} | {} |", v.replace('|', "\\|"));
-        }
-        out
+            ),
+        ]
     }
-}
 
-impl Report {
     /// Whether the scenario sends chat messages or publishes (not `idle`
     /// or `connect`).
     pub fn sends_messages(&self) -> bool {
         !matches!(self.scenario.as_str(), "idle" | "connect")
     }
 
+    /// The connect storm's logins, duration and broker CPU (`connect`).
     fn storm_rows(&self) -> Vec<(String, String)> {
         let Some(storm) = &self.connect_storm else {
             return Vec::new();
@@ -360,6 +398,7 @@ impl Report {
         ]
     }
 
+    /// The saturation search's result and steps (`--saturate`).
     fn saturation_rows(&self) -> Vec<(String, String)> {
         let Some(search) = &self.saturation else {
             return Vec::new();

@@ -366,55 +366,69 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let (mut socket, _) = listener.accept().await.unwrap();
-            let mut buf = BytesMut::new();
-            let Packet::Connect(_) = next_packet(&mut socket, &mut buf).await else {
-                panic!("no CONNECT")
-            };
-            let mut out = BytesMut::new();
-            ConnAck::new(code, false).write(&mut out).unwrap();
-            socket.write_all(&out).await.unwrap();
-            if code != ConnectReturnCode::Success {
+            if !handshake(&mut socket, code).await {
                 return;
             }
-            let Packet::Subscribe(sub) = next_packet(&mut socket, &mut buf).await else {
-                panic!("no SUBSCRIBE")
-            };
-            assert_eq!(sub.pkid, SUBSCRIBE_PKID);
-            let mut out = BytesMut::new();
-            Publish::new("inbox/u1", QoS::AtMostOnce, "early")
-                .write(&mut out)
-                .unwrap();
-            SubAck::new(
-                SUBSCRIBE_PKID,
-                vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
-            )
-            .write(&mut out)
-            .unwrap();
-            socket.write_all(&out).await.unwrap();
             match then {
                 Then::Close => drop(socket),
                 Then::Flood => {
-                    let chunk = vec![0u8; 64 * 1024];
-                    // 64 MiB is far more than any socket buffers: a reader would take it all.
-                    for _ in 0..1024 {
-                        let wrote = tokio::time::timeout(
-                            Duration::from_millis(500),
-                            socket.write_all(&chunk),
-                        )
-                        .await;
-                        if wrote.is_err() {
-                            let _ = tx.send(true);
-                            // Keep the socket open until the client drops its end.
-                            let mut sink = [0u8; 16];
-                            let _ = socket.read(&mut sink).await;
-                            return;
-                        }
+                    let blocked = flood(&mut socket).await;
+                    let _ = tx.send(blocked);
+                    if blocked {
+                        // Keep the socket open until the client drops its end.
+                        let mut sink = [0u8; 16];
+                        let _ = socket.read(&mut sink).await;
                     }
-                    let _ = tx.send(false);
                 }
             }
         });
         (addr, rx)
+    }
+
+    /// The peer's side of the login: answers the CONNECT with `code` and,
+    /// if that is a success, the SUBSCRIBE with a PUBLISH and the SUBACK.
+    /// Returns whether the login succeeded.
+    async fn handshake(socket: &mut TcpStream, code: ConnectReturnCode) -> bool {
+        let mut buf = BytesMut::new();
+        let Packet::Connect(_) = next_packet(socket, &mut buf).await else {
+            panic!("no CONNECT")
+        };
+        let mut out = BytesMut::new();
+        ConnAck::new(code, false).write(&mut out).unwrap();
+        socket.write_all(&out).await.unwrap();
+        if code != ConnectReturnCode::Success {
+            return false;
+        }
+        let Packet::Subscribe(sub) = next_packet(socket, &mut buf).await else {
+            panic!("no SUBSCRIBE")
+        };
+        assert_eq!(sub.pkid, SUBSCRIBE_PKID);
+        let mut out = BytesMut::new();
+        Publish::new("inbox/u1", QoS::AtMostOnce, "early")
+            .write(&mut out)
+            .unwrap();
+        SubAck::new(
+            SUBSCRIBE_PKID,
+            vec![SubscribeReasonCode::Success(QoS::AtLeastOnce)],
+        )
+        .write(&mut out)
+        .unwrap();
+        socket.write_all(&out).await.unwrap();
+        true
+    }
+
+    /// Writes until a write blocks for a while; returns whether one did.
+    async fn flood(socket: &mut TcpStream) -> bool {
+        let chunk = vec![0u8; 64 * 1024];
+        // 64 MiB is far more than any socket buffers: a reader would take it all.
+        for _ in 0..1024 {
+            let wrote =
+                tokio::time::timeout(Duration::from_millis(500), socket.write_all(&chunk)).await;
+            if wrote.is_err() {
+                return true;
+            }
+        }
+        false
     }
 
     #[tokio::test]

@@ -9,7 +9,9 @@ use std::time::Duration;
 use parley_proto::topics;
 use parley_proto::v1::{request, Envelope, Reply, Request};
 use prost::Message;
-use rumqttc::{AsyncClient, NetworkOptions, QoS, SubscribeFilter, SubscribeReasonCode};
+use rumqttc::{
+    AsyncClient, EventLoop, NetworkOptions, QoS, SubAck, SubscribeFilter, SubscribeReasonCode,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -79,73 +81,31 @@ impl Client {
     /// `connect_timeout`, [`ClientError::Connection`] for network failures.
     pub async fn connect(opts: ClientOptions) -> Result<Client, ClientError> {
         opts.validate()?;
-        let inbox_topic = topics::inbox(&opts.user);
-        let reply_topic = topics::reply(&opts.user, &opts.device);
-        let presence_filter = topics::presence("+", &opts.user);
-        let channel_capacity = usize::from(opts.inflight).clamp(16, 1024);
-        let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options()?, channel_capacity);
-        let mut network = NetworkOptions::new();
-        network.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
-        // small request publishes must not wait for delayed ACKs (~40 ms)
-        network.set_tcp_nodelay(opts.tcp_nodelay);
-        eventloop.set_network_options(network);
-
-        let (connack_tx, connack_rx) = oneshot::channel();
-        let (suback_tx, suback_rx) = oneshot::channel();
-        let (shutdown_tx, shutdown_rx) = oneshot::channel();
-        let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
-        let pending = Pending::default();
-        let subacks = SubAcks::default();
-        driver::lock_any(&subacks).push_back(suback_tx);
-        let presence = Arc::new(PresenceQueue::new(opts.presence_capacity));
-        let connected = Arc::new(AtomicBool::new(false));
-        let driver = Driver {
-            eventloop,
-            user: opts.user.clone(),
-            reply_topic: reply_topic.clone(),
-            inbox_topic: inbox_topic.clone(),
-            pending: pending.clone(),
-            inbox_tx,
-            presence: presence.clone(),
-            connack_tx: Some(connack_tx),
-            subacks: subacks.clone(),
-            shutdown_rx,
-            connected: connected.clone(),
-        };
-        let span = tracing::debug_span!("client", user = %opts.user, device = %opts.device);
-        let handle = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
-
-        let session_present = wait("CONNACK", opts.connect_timeout, connack_rx).await??;
-        let mut topics = vec![&inbox_topic, &reply_topic];
-        if opts.presence {
-            topics.push(&presence_filter);
-        }
-        let filters = topics
-            .iter()
-            .map(|topic| SubscribeFilter::new(topic.to_string(), QoS::AtLeastOnce));
-        mqtt.subscribe_many(filters).await?;
-        let suback = wait("SUBACK", opts.connect_timeout, suback_rx).await?;
-        check_suback(&suback.return_codes, &topics)?;
-
+        let topics = OwnTopics::new(&opts);
+        let (mqtt, eventloop) = new_mqtt(&opts)?;
+        let started = spawn_driver(&opts, &topics, eventloop);
+        let session_present = wait("CONNACK", opts.connect_timeout, started.connack_rx).await??;
+        let subscribed = topics.at_connect(opts.presence);
+        subscribe_at_connect(&mqtt, &subscribed, opts.connect_timeout, started.suback_rx).await?;
         Ok(Client {
             inner: Arc::new(Inner {
                 mqtt,
                 request_topic: topics::request(&opts.user, &opts.device),
                 heartbeat_topic: topics::heartbeat(&opts.user, &opts.device),
-                presence_filter,
+                presence_filter: topics.presence_filter,
                 user: opts.user,
                 device: opts.device,
-                pending,
-                subacks,
+                pending: started.pending,
+                subacks: started.subacks,
                 subscribing: tokio::sync::Mutex::new(()),
                 ids: IdGen::new(),
-                inbox_rx: tokio::sync::Mutex::new(inbox_rx),
-                presence,
+                inbox_rx: tokio::sync::Mutex::new(started.inbox_rx),
+                presence: started.presence,
                 request_timeout: opts.request_timeout,
                 session_present,
-                connected,
-                driver: Mutex::new(Some(handle)),
-                _shutdown: shutdown_tx,
+                connected: started.connected,
+                driver: Mutex::new(Some(started.handle)),
+                _shutdown: started.shutdown_tx,
             }),
         })
     }
@@ -320,6 +280,120 @@ impl Client {
         self.inner.connected.store(false, Ordering::SeqCst);
         Ok(())
     }
+}
+
+/// The topics a connection subscribes to, named once at connect.
+struct OwnTopics {
+    /// `inbox/{user}`.
+    inbox: String,
+    /// `reply/{user}/{device}`.
+    reply: String,
+    /// `presence/+/{user}`: every friend's presence topic for this user.
+    presence_filter: String,
+}
+
+impl OwnTopics {
+    fn new(opts: &ClientOptions) -> OwnTopics {
+        OwnTopics {
+            inbox: topics::inbox(&opts.user),
+            reply: topics::reply(&opts.user, &opts.device),
+            presence_filter: topics::presence("+", &opts.user),
+        }
+    }
+
+    /// What `connect` subscribes: the inbox and the replies, and friends'
+    /// presence with `presence`.
+    fn at_connect(&self, presence: bool) -> Vec<&String> {
+        let mut topics = vec![&self.inbox, &self.reply];
+        if presence {
+            topics.push(&self.presence_filter);
+        }
+        topics
+    }
+}
+
+/// The rumqttc client and event loop for `opts`, with the connect timeout
+/// and `TCP_NODELAY` setting of `opts`.
+fn new_mqtt(opts: &ClientOptions) -> Result<(AsyncClient, EventLoop), ClientError> {
+    let channel_capacity = usize::from(opts.inflight).clamp(16, 1024);
+    let (mqtt, mut eventloop) = AsyncClient::new(opts.to_mqtt_options()?, channel_capacity);
+    let mut network = NetworkOptions::new();
+    network.set_connection_timeout(opts.connect_timeout.as_secs().max(1));
+    // small request publishes must not wait for delayed ACKs (~40 ms)
+    network.set_tcp_nodelay(opts.tcp_nodelay);
+    eventloop.set_network_options(network);
+    Ok((mqtt, eventloop))
+}
+
+/// A running [`Driver`] task and the ends of its channels: the ones
+/// `connect` waits on (CONNACK, first SUBACK) and the ones the [`Client`]
+/// keeps.
+struct Started {
+    handle: JoinHandle<()>,
+    connack_rx: oneshot::Receiver<Result<bool, ClientError>>,
+    suback_rx: oneshot::Receiver<SubAck>,
+    shutdown_tx: oneshot::Sender<()>,
+    inbox_rx: mpsc::Receiver<Envelope>,
+    pending: Pending,
+    subacks: SubAcks,
+    presence: Arc<PresenceQueue>,
+    connected: Arc<AtomicBool>,
+}
+
+/// Spawns the task that polls `eventloop`, with the SUBACK of the
+/// subscription made at connect queued first.
+fn spawn_driver(opts: &ClientOptions, topics: &OwnTopics, eventloop: EventLoop) -> Started {
+    let (connack_tx, connack_rx) = oneshot::channel();
+    let (suback_tx, suback_rx) = oneshot::channel();
+    let (shutdown_tx, shutdown_rx) = oneshot::channel();
+    let (inbox_tx, inbox_rx) = mpsc::channel(opts.inbox_capacity);
+    let pending = Pending::default();
+    let subacks = SubAcks::default();
+    driver::lock_any(&subacks).push_back(suback_tx);
+    let presence = Arc::new(PresenceQueue::new(opts.presence_capacity));
+    let connected = Arc::new(AtomicBool::new(false));
+    let driver = Driver {
+        eventloop,
+        user: opts.user.clone(),
+        reply_topic: topics.reply.clone(),
+        inbox_topic: topics.inbox.clone(),
+        pending: pending.clone(),
+        inbox_tx,
+        presence: presence.clone(),
+        connack_tx: Some(connack_tx),
+        subacks: subacks.clone(),
+        shutdown_rx,
+        connected: connected.clone(),
+    };
+    let span = tracing::debug_span!("client", user = %opts.user, device = %opts.device);
+    let handle = tokio::spawn(tracing::Instrument::instrument(driver.run(), span));
+    Started {
+        handle,
+        connack_rx,
+        suback_rx,
+        shutdown_tx,
+        inbox_rx,
+        pending,
+        subacks,
+        presence,
+        connected,
+    }
+}
+
+/// Subscribes `topics` at QoS 1 in one SUBSCRIBE and checks its SUBACK,
+/// waited for on `suback_rx` for at most `timeout`.
+async fn subscribe_at_connect(
+    mqtt: &AsyncClient,
+    topics: &[&String],
+    timeout: Duration,
+    suback_rx: oneshot::Receiver<SubAck>,
+) -> Result<(), ClientError> {
+    let filters = topics
+        .iter()
+        .map(|topic| SubscribeFilter::new(topic.to_string(), QoS::AtLeastOnce));
+    mqtt.subscribe_many(filters).await?;
+    let suback = wait("SUBACK", timeout, suback_rx).await?;
+    check_suback(&suback.return_codes, topics)
 }
 
 /// Removes a request from the pending map when its caller stops waiting.

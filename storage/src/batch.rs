@@ -1,7 +1,12 @@
 //! Atomic write batches: plain data, planned without the store and applied
-//! by [`Store::commit`] (or [`MemoryStore::apply`](crate::MemoryStore::apply)),
-//! and their binary encoding ([`Batch::encode`], [`Batch::decode`]), the
-//! writes of one entry of a cluster's replicated log.
+//! by [`Store::commit`](crate::Store::commit) (or
+//! [`MemoryStore::apply`](crate::MemoryStore::apply)), and their binary
+//! encoding ([`Batch::encode`], [`Batch::decode`]), the writes of one entry
+//! of a cluster's replicated log.
+//!
+//! Below the store: this file uses only the key and record encodings
+//! (`keys.rs`, `records.rs`), never `store.rs`, which imports it. Writing a
+//! batch to RocksDB is the store's job (`Store::commit`, in `store.rs`).
 //!
 //! # Encoding
 //! A version byte (1), the number of writes (a LEB128 varint), then each
@@ -17,12 +22,10 @@ use std::fmt;
 use parley_chat_logic::group::Group;
 use parley_proto::v1::ChatMessage;
 use prost::Message as _;
-use rocksdb::WriteBatch;
 
 use crate::error::StorageError;
 use crate::keys::{self, Cf};
 use crate::records::{self, InboxEntry, UserRecord};
-use crate::store::{write_options, Store};
 
 /// Writes that become visible together, all or none, when the batch is
 /// committed. A batch is plain data (encoded keys and values, no handle to
@@ -314,29 +317,6 @@ impl<'a> Reader<'a> {
         let bytes = &self.bytes[self.at..self.at + len];
         self.at += len;
         Ok(bytes)
-    }
-}
-
-impl Store {
-    /// Applies `batch` atomically. With `sync`, returns only once the write
-    /// ahead log is on disk (fsync), so the writes survive a crash: commit
-    /// many requests in one synced batch to share the fsync.
-    ///
-    /// Always a write to this data dir, never handed to a replicator (see
-    /// [`Store::replicate_through`]): the chat engine commits its planned
-    /// batches with it, and a cluster applies its log's entries with it (or
-    /// with [`Store::commit_applied`]).
-    pub fn commit(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
-        let mut writes = WriteBatch::default();
-        for write in batch.into_sorted_writes() {
-            let cf = self.cf(write.cf)?;
-            match &write.value {
-                Some(value) => writes.put_cf(cf, &write.key, value),
-                None => writes.delete_cf(cf, &write.key),
-            }
-        }
-        self.db.write_opt(writes, &write_options(sync))?;
-        Ok(())
     }
 }
 

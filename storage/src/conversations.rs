@@ -14,13 +14,9 @@ use tracing::{info, warn};
 
 use crate::batch::Batch;
 use crate::error::StorageError;
-use crate::keys::{self, Cf, SEQ_LEN};
+use crate::keys::{self, Cf, SEQ_LEN, USER_CHANNELS_BUILT_KEY};
 use crate::records;
 use crate::store::{write_options, Store};
-
-/// The `meta` key present once `user_channels` indexes every channel a user
-/// is in (set in a new data dir, or by the one-time backfill).
-pub(crate) const USER_CHANNELS_BUILT_KEY: &[u8] = b"user_channels_built";
 
 /// Length of a stored cursor: `delivered_be64 read_be64`.
 const CURSOR_LEN: usize = 2 * SEQ_LEN;

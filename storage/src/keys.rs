@@ -1,4 +1,4 @@
-//! Key encodings and the column family names.
+//! Key encodings, the column family names and the `meta` family's keys.
 //!
 //! Every key is built here and nowhere else. Parts are joined with 0x00,
 //! which never occurs inside an id or a channel (checked: a part holding it
@@ -113,6 +113,17 @@ impl Cf {
         matches!(self, Cf::Messages | Cf::Inbox | Cf::Dedup)
     }
 }
+
+/// The `meta` key holding the on-disk format version (`u32` big-endian).
+pub(crate) const FORMAT_VERSION_KEY: &[u8] = b"format_version";
+
+/// The `meta` key present once `user_channels` indexes every channel a user
+/// is in (set in a new data dir, or by the one-time backfill).
+pub(crate) const USER_CHANNELS_BUILT_KEY: &[u8] = b"user_channels_built";
+
+/// The `meta` key holding the position (`u64` big-endian) of the last entry
+/// of the cluster's log applied to this data dir.
+pub(crate) const APPLIED_SEQ_KEY: &[u8] = b"cluster_applied_seq";
 
 /// `part` as bytes, refused if it contains the separator.
 fn part(part: &str) -> Result<&[u8], StorageError> {

@@ -17,7 +17,11 @@
 //! # Layout
 //! - `store.rs`: [`Store::open`] and RocksDB tuning (lz4, one shared block
 //!   cache, bloom filters, two background jobs); point reads and writes of
-//!   users, messages, dedup entries and sessions.
+//!   users, messages, dedup entries and sessions; the write path:
+//!   [`Store::commit`], one RocksDB write, the direct mutators' one way of
+//!   writing (to the data dir, or to the replicator installed with
+//!   [`Store::replicate_through`]), and [`Store::commit_applied`], the
+//!   applying of a cluster log's entry.
 //! - `scan.rs`: range reads over one owner's keys with iterate bounds:
 //!   `last_*_seq`, `history` (newest first), `inbox_after` (resolving
 //!   message references with one multi-get), listings.
@@ -25,12 +29,10 @@
 //!   plans with, implemented by [`Store`] and [`MemoryStore`]; its
 //!   conformance suite runs against both (`state/tests.rs`).
 //! - `batch.rs`: [`Batch`], the writes of one commit as plain data (no
-//!   handle to a store), its binary encoding ([`Batch::encode`],
-//!   [`Batch::decode`]: an entry of a cluster's log), and [`Store::commit`],
-//!   one RocksDB write.
-//! - `replicate.rs`: [`Replicate`], where a cluster node's direct mutators
-//!   send their batches ([`Store::replicate_through`]) instead of the data
-//!   dir, and [`Store::commit_applied`], the applying of a log entry.
+//!   handle to a store) and its binary encoding ([`Batch::encode`],
+//!   [`Batch::decode`]: an entry of a cluster's log).
+//! - `replicate.rs`: [`Replicate`], the trait of the replicator a cluster
+//!   node's direct mutators send their batches to instead of the data dir.
 //! - `memory.rs`: [`MemoryStore`], the same bytes in ordered maps in
 //!   memory, for tests of planning; it applies the same batches.
 //! - `tokens.rs`: session tokens by digest, and each account's index of them.
@@ -44,8 +46,22 @@
 //! - `records.rs`: the stored records ([`UserRecord`], [`SessionRecord`],
 //!   [`InboxEntry`]) and their value encodings, the chat rules' [`Group`]'s
 //!   among them.
-//! - `keys.rs`: key encodings and the column family names.
+//! - `keys.rs`: key encodings, the column family names and the `meta`
+//!   family's keys.
 //! - `error.rs`: [`StorageError`].
+//!
+//! # Imports
+//! Modules import one way, each only from those below it:
+//! `error` <- `keys` <- `records` <- `batch` <- `replicate` <- `store` <-
+//! the topical files (`scan`, `state`, `tokens`, `friends`,
+//! `conversations`, `presence`, `push`) <- `memory`. A batch is plain data,
+//! so `batch.rs` knows no store ([`Store::commit`] is in `store.rs`); the
+//! [`Replicate`] trait needs only a [`Batch`], so the store imports it and
+//! not the other way round (the store's side of replication is in
+//! `store.rs`); and the keys the store shares with a topical file (the
+//! `meta` keys, such as the one saying the `user_channels` index is built)
+//! are in `keys.rs`, so the store imports none of the files that add
+//! `impl Store` blocks on top of it.
 //!
 //! # Column families
 //! Parts of a key are joined with 0x00, which never occurs in an id or a

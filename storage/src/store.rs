@@ -1,4 +1,13 @@
-//! Opening the data dir, RocksDB tuning, and point reads and writes.
+//! Opening the data dir, RocksDB tuning, point reads and writes, and the
+//! write path: [`Store::commit`] (one RocksDB write) and the hand-off of the
+//! direct mutators' batches to a [`Replicate`] on a cluster node.
+//!
+//! The store's core: it imports the layers below it (`keys.rs`,
+//! `records.rs`, `batch.rs`, the [`Replicate`] trait) and none of the
+//! topical files (`conversations.rs`, `tokens.rs`, ...) that add `impl
+//! Store` blocks on top of it; the keys it shares with them live in
+//! `keys.rs`. [`Store::open`] still calls one of their methods (the
+//! `user_channels` backfill) as a method of `Store`, not through an import.
 
 use std::fmt;
 use std::path::Path;
@@ -14,9 +23,8 @@ use rocksdb::{
 use tracing::debug;
 
 use crate::batch::Batch;
-use crate::conversations::USER_CHANNELS_BUILT_KEY;
 use crate::error::StorageError;
-use crate::keys::{self, Cf};
+use crate::keys::{self, Cf, APPLIED_SEQ_KEY, FORMAT_VERSION_KEY, USER_CHANNELS_BUILT_KEY};
 use crate::records::{self, SessionRecord, UserRecord};
 use crate::replicate::Replicate;
 
@@ -39,7 +47,6 @@ const MAX_TOTAL_WAL_BYTES: u64 = 256 << 20;
 const BYTES_PER_SYNC: u64 = 1 << 20;
 /// The on-disk format this build reads and writes (`meta` / `format_version`).
 const FORMAT_VERSION: u32 = 1;
-const FORMAT_VERSION_KEY: &[u8] = b"format_version";
 
 /// Parley's data dir: a cheap, cloneable handle to one RocksDB database.
 ///
@@ -245,6 +252,88 @@ impl Store {
             });
         }
         Ok(())
+    }
+}
+
+// The write path: local commits, and the hand-off to a replicator (whose
+// trait is in `replicate.rs`).
+impl Store {
+    /// Applies `batch` atomically. With `sync`, returns only once the write
+    /// ahead log is on disk (fsync), so the writes survive a crash: commit
+    /// many requests in one synced batch to share the fsync.
+    ///
+    /// Always a write to this data dir, never handed to a replicator (see
+    /// [`Store::replicate_through`]): the chat engine commits its planned
+    /// batches with it, and a cluster applies its log's entries with it (or
+    /// with [`Store::commit_applied`]).
+    pub fn commit(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+        let mut writes = WriteBatch::default();
+        for write in batch.into_sorted_writes() {
+            let cf = self.cf(write.cf)?;
+            match &write.value {
+                Some(value) => writes.put_cf(cf, &write.key, value),
+                None => writes.delete_cf(cf, &write.key),
+            }
+        }
+        self.db.write_opt(writes, &write_options(sync))?;
+        Ok(())
+    }
+
+    /// From now on, hands the writes of the direct mutators to
+    /// `replicator` instead of the data dir, on this handle and on every
+    /// clone of it (made before or after). Install it before the store
+    /// serves writes. Fails with [`StorageError::AlreadyReplicated`] if a
+    /// replicator is set already: it is never replaced or removed.
+    pub fn replicate_through(&self, replicator: Arc<dyn Replicate>) -> Result<(), StorageError> {
+        self.replicator
+            .set(replicator)
+            .map_err(|_| StorageError::AlreadyReplicated)
+    }
+
+    /// Waits until this node has applied everything the cluster committed
+    /// before now (see [`Replicate::catch_up`]); at once on a single node.
+    pub fn catch_up(&self) -> Result<(), StorageError> {
+        match self.replicator.get() {
+            Some(replicator) => replicator.catch_up(),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the direct mutators hand their writes to a replicator
+    /// ([`Store::replicate_through`]).
+    pub fn is_replicated(&self) -> bool {
+        self.replicator.get().is_some()
+    }
+
+    /// The one way a direct mutator writes: `batch` to the replicator if
+    /// one is set (the log's durability replaces `sync`), otherwise
+    /// committed here with `sync`, as on a single node.
+    pub(crate) fn write(&self, batch: Batch, sync: bool) -> Result<(), StorageError> {
+        match self.replicator.get() {
+            Some(replicator) => replicator.replicate(batch),
+            None => self.commit(batch, sync),
+        }
+    }
+
+    /// Applies `batch`, the entry `log_seq` of the cluster's log, and
+    /// records `log_seq` as [`Store::applied_seq`], in one RocksDB write:
+    /// after a crash both are there or neither. Not synced: the log is
+    /// durable, and an entry lost in a crash is applied again from it. A
+    /// local write, never handed to the replicator; the caller applies
+    /// entries in log order.
+    pub fn commit_applied(&self, mut batch: Batch, log_seq: u64) -> Result<(), StorageError> {
+        let seq = keys::encode_seq(log_seq).to_vec();
+        batch.put(Cf::Meta, APPLIED_SEQ_KEY.to_vec(), seq);
+        self.commit(batch, false)
+    }
+
+    /// The `log_seq` of the last [`Store::commit_applied`], 0 if there was
+    /// none.
+    pub fn applied_seq(&self) -> Result<u64, StorageError> {
+        let Some(bytes) = self.get(Cf::Meta, APPLIED_SEQ_KEY)? else {
+            return Ok(0);
+        };
+        records::decode_seq_value(Cf::Meta.name(), APPLIED_SEQ_KEY, &bytes)
     }
 }
 

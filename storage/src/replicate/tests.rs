@@ -1,11 +1,14 @@
-//! Tests of `replicate.rs`: replicators that record or apply the batches of
-//! the direct mutators, and the applying of log entries.
+//! Tests of replication (the trait in `replicate.rs`, the store's write
+//! path in `store.rs`): replicators that record or apply the batches of the
+//! direct mutators, and the applying of log entries.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use super::*;
+use crate::keys::{Cf, APPLIED_SEQ_KEY};
 use crate::push::{PushJob, PushRegistration};
 use crate::records::{AccountKind, SessionRecord, TokenRecord, UserRecord};
+use crate::store::Store;
 use crate::test_support::{chat, temp_store};
 use crate::tokens::TokenFilter;
 
