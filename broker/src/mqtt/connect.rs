@@ -91,7 +91,7 @@ pub async fn accept(
     connecting: Connecting,
     shared: &Arc<Shared>,
 ) -> Option<(Transport, BytesMut, ConnectPacket, Accepted)> {
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::new();
     let timeout = shared.config.connect_timeout();
     let max_packet_size = shared.config.max_packet_size;
     let packet = match read_connect(&mut io, &mut buf, timeout, max_packet_size).await {

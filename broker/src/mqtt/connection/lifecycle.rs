@@ -42,7 +42,10 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 ///
 /// The phases before and after the packet loop run as boxed futures: a
 /// task's memory is its largest state, and it should be the loop's, which
-/// every idle connection holds, not the connect or teardown state.
+/// every idle connection holds, not the connect or teardown state. So the
+/// task itself keeps only what it was spawned with and the established
+/// connection's loop ([`Connection::live`]): what CONNECT brought (the
+/// packet, the read-ahead) is gone by then.
 ///
 /// `connecting` counts this connection towards `max_connecting_per_addr`
 /// until its CONNECT is authenticated (or refused).
@@ -53,22 +56,26 @@ pub async fn serve(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let accepted = Box::pin(connect::accept(io, peer, connecting, &shared)).await;
-    let Some((io, buf, packet, accepted)) = accepted else {
-        return;
-    };
+    let established = Box::pin(connect_and_establish(io, peer, connecting, shared)).await;
+    if let Some((connection, span)) = established {
+        connection.live(shutdown).instrument(span).await;
+    }
+}
+
+/// CONNECT, authentication and [`Connection::establish`], in the
+/// connection's span (which it returns for the rest of its life).
+async fn connect_and_establish(
+    io: Transport,
+    peer: SocketAddr,
+    connecting: Connecting,
+    shared: Arc<Shared>,
+) -> Option<(Box<Connection>, tracing::Span)> {
+    let (io, buf, packet, accepted) = connect::accept(io, peer, connecting, &shared).await?;
     let client = &accepted.client;
     let span = tracing::info_span!("conn", user = %client.user, device = %client.device, %peer);
-    async move {
-        let established = Connection::establish(io, buf, packet, accepted, shared, peer);
-        let Some(mut connection) = Box::pin(established).await else {
-            return;
-        };
-        let close = connection.run(&shutdown).await;
-        Box::pin(connection.finish(close)).await;
-    }
-    .instrument(span)
-    .await
+    let established = Connection::establish(io, buf, packet, accepted, shared, peer);
+    let connection = established.instrument(span.clone()).await?;
+    Some((Box::new(connection), span))
 }
 
 /// Why a connection ended.
@@ -116,6 +123,12 @@ struct Claimed {
 }
 
 impl Connection {
+    /// The established connection's life: its packet loop, then the end.
+    async fn live(mut self: Box<Self>, shutdown: CancellationToken) {
+        let close = self.run(&shutdown).await;
+        Box::pin((*self).finish(close)).await;
+    }
+
     /// Registers the device, opens its session and sends the CONNACK.
     pub(super) async fn establish(
         mut io: Transport,
@@ -126,28 +139,14 @@ impl Connection {
         peer: SocketAddr,
     ) -> Option<Connection> {
         let client = &accepted.client;
-        // Register first: envelopes committed from now on reach the live
-        // queue, and the session below reads everything before them. The
-        // link leaves the router when dropped, so every return below does.
-        let max_devices = shared.config.max_devices_per_user;
-        let registered = shared
-            .router
-            .register(&client.user, &client.device, max_devices);
-        let Ok(mut link) = registered else {
-            let refusal = Refusal::Connack(packet.codec, Deny::Quota, "max_devices_per_user");
-            connect::refuse(io, peer, Some(&client.to_string()), refusal).await;
-            return None;
-        };
-        let (start, session) = match open_session(&shared, client, &mut link, &packet).await {
-            Ok(opened) => opened,
-            Err(error) => {
-                tracing::error!(%error, "cannot open the session");
-                let refusal =
-                    Refusal::Connack(packet.codec, Deny::Unavailable, "session_unavailable");
+        let claimed = match claim(&shared, client, &packet).await {
+            Ok(claimed) => claimed,
+            Err(refusal) => {
                 connect::refuse(io, peer, Some(&client.to_string()), refusal).await;
                 return None;
             }
         };
+        let start = &claimed.start;
         let presence = send_connack(&mut io, &packet, &shared, client, start.present).await?;
         m::connection_opened();
         tracing::info!(
@@ -156,11 +155,6 @@ impl Connection {
             cursor = start.cursor,
             "connected"
         );
-        let claimed = Claimed {
-            link,
-            start,
-            session,
-        };
         let mut connection =
             Connection::new(io, rbuf, &packet, accepted, shared, claimed, presence);
         connection.apply_subscriptions();
@@ -190,8 +184,6 @@ impl Connection {
         let window = connect::window(packet, usize::from(shared.config.inflight_window));
         let mut outbox = Outbox::new(window, start.cursor);
         outbox.observe_head(start.inbox_head);
-        let keep_alive = (packet.connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(packet.connect.keep_alive) * 1500));
         let limits = DeviceLimits::new(&shared.config);
         Connection {
             io,
@@ -216,7 +208,7 @@ impl Connection {
             requests: FuturesOrdered::new(),
             fetch: None,
             retained: None,
-            keep_alive,
+            keep_alive: keep_alive_of(packet),
             last_seen: Instant::now(),
             cursor_timer: Box::pin(tokio::time::sleep(CURSOR_FLUSH)),
             cursor_flush_pending: false,
@@ -370,6 +362,41 @@ async fn send_connack(
 
 /// Waits for the connection this one replaces, then opens the device's
 /// session for this connection.
+/// The device's place in the router, then its session record (after the
+/// connection it replaces, if any, has saved its own). Registered first:
+/// envelopes committed from then on reach the live queue, and the session
+/// reads everything before them. The link leaves the router when dropped,
+/// so a refusal here leaves nothing behind.
+async fn claim(
+    shared: &Shared,
+    client: &ClientId,
+    packet: &ConnectPacket,
+) -> Result<Claimed, Refusal> {
+    let max_devices = shared.config.max_devices_per_user;
+    let registered = shared
+        .router
+        .register(&client.user, &client.device, max_devices);
+    let Ok(mut link) = registered else {
+        return Err(Refusal::Connack(
+            packet.codec,
+            Deny::Quota,
+            "max_devices_per_user",
+        ));
+    };
+    match open_session(shared, client, &mut link, packet).await {
+        Ok((start, session)) => Ok(Claimed {
+            link,
+            start,
+            session,
+        }),
+        Err(error) => {
+            tracing::error!(%error, "cannot open the session");
+            let refusal = Refusal::Connack(packet.codec, Deny::Unavailable, "session_unavailable");
+            Err(refusal)
+        }
+    }
+}
+
 async fn open_session(
     shared: &Shared,
     client: &ClientId,
@@ -387,6 +414,13 @@ async fn open_session(
         .await
         .map_err(|error| error.to_string())?
         .map_err(|error| error.to_string())
+}
+
+/// How long the device may stay silent: one and a half times the keep-alive
+/// it asked for (MQTT 3.1.2.10), or forever when it asked for none.
+fn keep_alive_of(packet: &ConnectPacket) -> Option<Duration> {
+    let secs = packet.connect.keep_alive;
+    (secs > 0).then(|| Duration::from_millis(u64::from(secs) * 1500))
 }
 
 /// How the device left, for presence: at once when it said so (DISCONNECT,

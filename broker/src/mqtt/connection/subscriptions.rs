@@ -18,36 +18,16 @@ impl Connection {
         let mut changed = false;
         let mut presence_added = false;
         for filter in subscribe.filters {
-            let check = match rate_limited {
-                true => SubscriptionCheck::RateLimited,
-                false => {
-                    self.limits
-                        .check_subscription(&self.user, &filter.path, &self.subscriptions)
+            match self.admit_filter(&filter.path, rate_limited) {
+                Err(refused) => codes.push(refused),
+                Ok(()) => {
+                    // MQTT sends retained messages on every SUBSCRIBE, new or repeated
+                    presence_added |= is_presence_filter(&filter.path);
+                    let qos = granted_qos(filter.qos);
+                    changed |= self.add_subscription(filter.path, qos);
+                    codes.push(SubscribeReasonCode::Success(qos));
                 }
-            };
-            if check != SubscriptionCheck::Allowed {
-                tracing::warn!(filter = %filter.path, reason = check.as_str(), "subscription refused");
-                m::subscription_refused();
-                if check != SubscriptionCheck::Forbidden {
-                    m::refused(check.as_str());
-                }
-                codes.push(check.reason_code(self.codec.level()));
-                continue;
             }
-            let qos = if filter.qos == QoS::AtMostOnce {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            };
-            let entry = (filter.path, qos as u8);
-            // MQTT sends retained messages on every SUBSCRIBE, new or repeated
-            presence_added |= is_presence_filter(&entry.0);
-            if !self.subscriptions.contains(&entry) {
-                self.subscriptions.retain(|(path, _)| *path != entry.0);
-                self.subscriptions.push(entry);
-                changed = true;
-            }
-            codes.push(SubscribeReasonCode::Success(qos));
         }
         if changed {
             self.apply_subscriptions();
@@ -63,6 +43,38 @@ impl Connection {
             },
             None,
         ));
+    }
+
+    /// Checks one filter against the ACL and the device's limits; a refusal
+    /// is logged, counted, and answered with its SUBACK code.
+    fn admit_filter(&self, path: &str, rate_limited: bool) -> Result<(), SubscribeReasonCode> {
+        let check = match rate_limited {
+            true => SubscriptionCheck::RateLimited,
+            false => self
+                .limits
+                .check_subscription(&self.user, path, &self.subscriptions),
+        };
+        if check == SubscriptionCheck::Allowed {
+            return Ok(());
+        }
+        tracing::warn!(filter = %path, reason = check.as_str(), "subscription refused");
+        m::subscription_refused();
+        if check != SubscriptionCheck::Forbidden {
+            m::refused(check.as_str());
+        }
+        Err(check.reason_code(self.codec.level()))
+    }
+
+    /// Records a subscription (replacing one to the same filter at another
+    /// QoS); false if it was there already.
+    fn add_subscription(&mut self, path: String, qos: QoS) -> bool {
+        let entry = (path, qos as u8);
+        if self.subscriptions.contains(&entry) {
+            return false;
+        }
+        self.subscriptions.retain(|(path, _)| *path != entry.0);
+        self.subscriptions.push(entry);
+        true
     }
 
     pub(super) async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
@@ -135,5 +147,14 @@ fn qos_of(stored: u8) -> QoS {
     match stored {
         0 => QoS::AtMostOnce,
         _ => QoS::AtLeastOnce,
+    }
+}
+
+/// The QoS granted for a requested one: Parley delivers at most QoS 1.
+fn granted_qos(requested: QoS) -> QoS {
+    if requested == QoS::AtMostOnce {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
     }
 }
