@@ -27,13 +27,17 @@ fn options_with_password(
     device: &str,
     password: &str,
 ) -> Result<ClientOptions, ClientError> {
-    Ok(ClientOptions::parse(&args.broker, user, device, password)?
+    let options = ClientOptions::parse(&args.broker, user, device, password)?
         .inflight(args.inflight)
         .keep_alive_secs(args.keep_alive)
         .request_timeout(Duration::from_secs(args.drain_secs.max(10)))
         .connect_timeout(Duration::from_secs(30))
         .inbox_capacity(4096)
-        .tcp_nodelay(args.tcp_nodelay))
+        .tcp_nodelay(args.tcp_nodelay);
+    match &args.tls_ca {
+        Some(ca) => options.tls_ca_file(ca),
+        None => Ok(options),
+    }
 }
 
 /// Connects every `(user, device)`, at most `--connect-concurrency` at a
@@ -166,5 +170,28 @@ mod tests {
             )),
             "refused:NotAuthorized"
         );
+    }
+
+    #[test]
+    fn a_tls_ca_file_is_read_into_the_options_and_a_missing_one_is_an_error() {
+        use clap::Parser;
+        let dir = std::env::temp_dir().join(format!("parley-bench-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+        let parse = |ca: &std::path::Path| {
+            let ca = ca.to_str().unwrap();
+            BenchArgs::try_parse_from(["b", "idle", "--broker", "mqtts://h:8883", "--tls-ca", ca])
+                .unwrap()
+        };
+        let options = options(&parse(&ca), "u", "d").unwrap();
+        assert_eq!(
+            options.tls_ca.as_deref(),
+            Some(&b"-----BEGIN CERTIFICATE-----\n"[..])
+        );
+        let missing = options_with_password(&parse(&dir.join("none.pem")), "u", "d", "p");
+        let error = missing.unwrap_err().to_string();
+        assert!(error.contains("cannot read the CA file"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

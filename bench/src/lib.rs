@@ -178,6 +178,10 @@ pub struct BenchArgs {
     /// algorithm on, as in MQTT.js on Node and many mobile MQTT libraries).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub tcp_nodelay: bool,
+    /// A PEM file of the CA that signed the broker's certificate, for
+    /// `mqtts://` and `wss://` brokers (default: the system's roots).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
     /// MQTT keep-alive of every connection, seconds.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u16).range(1..))]
     pub keep_alive: u16,
