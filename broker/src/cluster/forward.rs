@@ -11,7 +11,7 @@
 //! [`serve`] is the other end, on every node (answering `not_leader` when
 //! it does not lead).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::Subject;
@@ -159,16 +159,25 @@ impl Forwarder {
     }
 
     async fn run_writes(&self, batch: Batch) -> Result<(), StorageError> {
-        let encoded = batch.encode();
         let batch = Mutex::new(Some(batch));
+        // Encoded only once it has to travel: the leader commits it as it is.
+        // (A batch taken here is done with, so a later attempt still has it.)
+        let encoded = OnceLock::new();
+        // Ok: the batch, to commit here; Err: its encoding, for the leader.
+        let route = || {
+            let mut pending = batch.lock().unwrap_or_else(|e| e.into_inner());
+            match self.context.leadership.is_leader() {
+                true => pending.take().ok_or(()),
+                false => Err(()),
+            }
+            .map_err(|()| {
+                encoded.get_or_init(|| pending.as_ref().map(Batch::encode).unwrap_or_default())
+            })
+        };
         self.until_taken(|| async {
-            let here = match self.context.leadership.is_leader() {
-                true => batch.lock().unwrap_or_else(|e| e.into_inner()).take(),
-                false => None,
-            };
-            match here {
-                Some(batch) => self.writes_here(batch).await,
-                None => self.writes_at_leader(&encoded).await,
+            match route() {
+                Ok(batch) => self.writes_here(batch).await,
+                Err(bytes) => self.writes_at_leader(bytes).await,
             }
         })
         .await
