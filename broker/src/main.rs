@@ -28,7 +28,9 @@ use tokio_util::sync::CancellationToken;
 /// mimalloc instead of glibc's malloc: the broker allocates many small,
 /// short-lived buffers across threads (a fifth of its CPU went to glibc's
 /// malloc/free under `parley-bench dm`), and glibc's per-thread arenas kept
-/// freed memory that mimalloc returns.
+/// freed memory that mimalloc returns. Build with `--no-default-features`
+/// for glibc's malloc, which heap profilers (heaptrack) can follow.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -72,9 +72,10 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    /// Connects, waits for the CONNACK, subscribes `inbox/{user}` and
-    /// `reply/{user}/{device}` (and `presence/+/{user}` with
-    /// [`ClientOptions::presence`]) at QoS 1 and waits for the SUBACK.
+    /// Connects, waits for the CONNACK, subscribes `inbox/{user}` (and
+    /// `presence/+/{user}` with [`ClientOptions::presence`]) at QoS 1 and
+    /// `reply/{user}/{device}` at QoS 0 (see [`Client::request`]), and waits
+    /// for the SUBACK.
     ///
     /// Errors: [`ClientError::Refused`] with the CONNACK code,
     /// [`ClientError::SubscribeRefused`], [`ClientError::Timeout`] after
@@ -134,8 +135,18 @@ impl Client {
     /// is returned as is, not turned into [`ClientError::Server`]).
     ///
     /// A fresh `request_id` is set; the request is published on
-    /// `req/{user}/{device}` at QoS 1 and the reply with that id is awaited
-    /// for `request_timeout` ([`ClientError::Timeout`] after that).
+    /// `req/{user}/{device}` and the reply with that id is awaited for
+    /// `request_timeout` ([`ClientError::Timeout`] after that).
+    ///
+    /// Requests and replies travel at QoS 0: the reply is the request's
+    /// acknowledgement (an `Ack` only once the message is durable), and a
+    /// PUBACK in either direction would add a packet without adding a
+    /// guarantee. TCP delivers both in order while the connection lives; if
+    /// it drops, the caller gets [`ClientError::Disconnected`] or
+    /// [`ClientError::Timeout`] and retries on a new connection with the same
+    /// `client_msg_id`, which the broker answers with the original `Ack`
+    /// (`duplicate = true`) and never stores twice. There is no automatic
+    /// reconnection, so QoS 1 would not resend anything either.
     pub async fn request(&self, body: request::Body) -> Result<Reply, ClientError> {
         self.request_with_timeout(body, self.inner.request_timeout)
             .await
@@ -165,7 +176,7 @@ impl Client {
         let exchange = async {
             self.inner
                 .mqtt
-                .publish(&self.inner.request_topic, QoS::AtLeastOnce, false, payload)
+                .publish(&self.inner.request_topic, QoS::AtMostOnce, false, payload)
                 .await?;
             rx.await.map_err(|_| ClientError::Disconnected)
         };
@@ -301,12 +312,17 @@ impl OwnTopics {
         }
     }
 
-    /// What `connect` subscribes: the inbox and the replies, and friends'
-    /// presence with `presence`.
-    fn at_connect(&self, presence: bool) -> Vec<&String> {
-        let mut topics = vec![&self.inbox, &self.reply];
+    /// What `connect` subscribes, at which QoS: the inbox (QoS 1: each
+    /// envelope's PUBACK moves the durable session's cursor), the replies
+    /// (QoS 0, see [`Client::request`]), and friends' presence (QoS 1) with
+    /// `presence`.
+    fn at_connect(&self, presence: bool) -> Vec<(&String, QoS)> {
+        let mut topics = vec![
+            (&self.inbox, QoS::AtLeastOnce),
+            (&self.reply, QoS::AtMostOnce),
+        ];
         if presence {
-            topics.push(&self.presence_filter);
+            topics.push((&self.presence_filter, QoS::AtLeastOnce));
         }
         topics
     }
@@ -380,20 +396,21 @@ fn spawn_driver(opts: &ClientOptions, topics: &OwnTopics, eventloop: EventLoop) 
     }
 }
 
-/// Subscribes `topics` at QoS 1 in one SUBSCRIBE and checks its SUBACK,
-/// waited for on `suback_rx` for at most `timeout`.
+/// Subscribes `topics` at their QoS in one SUBSCRIBE and checks its
+/// SUBACK, waited for on `suback_rx` for at most `timeout`.
 async fn subscribe_at_connect(
     mqtt: &AsyncClient,
-    topics: &[&String],
+    topics: &[(&String, QoS)],
     timeout: Duration,
     suback_rx: oneshot::Receiver<SubAck>,
 ) -> Result<(), ClientError> {
     let filters = topics
         .iter()
-        .map(|topic| SubscribeFilter::new(topic.to_string(), QoS::AtLeastOnce));
+        .map(|(topic, qos)| SubscribeFilter::new(topic.to_string(), *qos));
     mqtt.subscribe_many(filters).await?;
     let suback = wait("SUBACK", timeout, suback_rx).await?;
-    check_suback(&suback.return_codes, topics)
+    let topics: Vec<&String> = topics.iter().map(|(topic, _)| *topic).collect();
+    check_suback(&suback.return_codes, &topics)
 }
 
 /// Removes a request from the pending map when its caller stops waiting.

@@ -1,10 +1,13 @@
 //! A scripted MQTT 3.1.1 peer for the SDK's unit tests: it answers CONNECT,
-//! SUBSCRIBE, PINGREQ and QoS 1 PUBLISH, hands each decoded `Request` to a
-//! handler and publishes what the handler returns. No chat logic: the real
-//! broker is tested end to end in `tests/`.
+//! SUBSCRIBE, PINGREQ and PUBLISH, hands each decoded `Request` to a
+//! handler and publishes what the handler returns, at the QoS the client
+//! subscribed with (at most 1), and logs what the client sent
+//! ([`Script::log`]). No chat logic: the real broker is tested end to end
+//! in `tests/`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::BytesMut;
 use parley_proto::v1::Request;
@@ -32,6 +35,10 @@ pub struct Script {
     pub refused_filters: Vec<String>,
     pub handler: Handler,
     pub on_subscribe: Option<OnSubscribe>,
+    /// What the clients sent, one line per subscribed filter
+    /// (`SUBSCRIBE {filter} qos {n}`) and per publish (`PUBLISH {topic}
+    /// qos {n}`), shared by every connection.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Script {
@@ -44,6 +51,7 @@ impl Script {
             refused_filters: Vec::new(),
             handler: Arc::new(handler),
             on_subscribe: None,
+            log: Arc::default(),
         }
     }
 }
@@ -64,6 +72,9 @@ async fn serve(mut socket: TcpStream, script: Script) {
     let mut buf = BytesMut::with_capacity(4096);
     let mut user = String::new();
     let mut next_pkid: u16 = 0;
+    // Granted QoS per subscribed filter (topics are matched exactly).
+    let mut granted: HashMap<String, QoS> = HashMap::new();
+    let log = |line: String| script.log.lock().unwrap().push(line);
     loop {
         match socket.read_buf(&mut buf).await {
             Ok(0) | Err(_) => return,
@@ -86,12 +97,21 @@ async fn serve(mut socket: TcpStream, script: Script) {
                         .filters
                         .iter()
                         .map(|filter| {
+                            log(format!(
+                                "SUBSCRIBE {} qos {}",
+                                filter.path, filter.qos as u8
+                            ));
                             if script.refuse_subscribe
                                 || script.refused_filters.contains(&filter.path)
                             {
                                 SubscribeReasonCode::Failure
                             } else {
-                                SubscribeReasonCode::Success(QoS::AtLeastOnce)
+                                let qos = match filter.qos {
+                                    QoS::AtMostOnce => QoS::AtMostOnce,
+                                    _ => QoS::AtLeastOnce,
+                                };
+                                granted.insert(filter.path.clone(), qos);
+                                SubscribeReasonCode::Success(qos)
                             }
                         })
                         .collect();
@@ -110,14 +130,21 @@ async fn serve(mut socket: TcpStream, script: Script) {
                 }
                 Packet::PingReq => answers.push(Packet::PingResp),
                 Packet::Publish(publish) => {
+                    log(format!(
+                        "PUBLISH {} qos {}",
+                        publish.topic, publish.qos as u8
+                    ));
                     if publish.qos == QoS::AtLeastOnce {
                         answers.push(Packet::PubAck(PubAck::new(publish.pkid)));
                     }
                     if let Ok(request) = Request::decode(publish.payload.as_ref()) {
                         for (topic, payload) in (script.handler)(&user, request) {
-                            next_pkid = next_pkid % 60_000 + 1;
-                            let mut out = Publish::new(topic, QoS::AtLeastOnce, payload);
-                            out.pkid = next_pkid;
+                            let qos = granted.get(&topic).copied().unwrap_or(QoS::AtLeastOnce);
+                            let mut out = Publish::new(topic, qos, payload);
+                            if qos == QoS::AtLeastOnce {
+                                next_pkid = next_pkid % 60_000 + 1;
+                                out.pkid = next_pkid;
+                            }
                             answers.push(Packet::Publish(out));
                         }
                     }
@@ -209,6 +236,31 @@ mod tests {
         ClientOptions::new(addr, "alice", "d", "pw")
             .request_timeout(Duration::from_millis(300))
             .connect_timeout(Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn requests_and_replies_travel_at_qos_0_and_the_inbox_at_qos_1() {
+        let script = chat_script();
+        let log = script.log.clone();
+        let addr = start(script).await;
+        let client = Client::connect(opts(addr)).await.unwrap();
+        let ack = client.send("dm:alice:bob", "hello").await.unwrap();
+        assert_eq!(ack.seq, 5, "the reply arrived at QoS 0");
+        client
+            .next_envelope(Duration::from_secs(2))
+            .await
+            .unwrap()
+            .expect("the envelope arrived at QoS 1");
+        client.disconnect().await.unwrap();
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            [
+                "SUBSCRIBE inbox/alice qos 1",
+                "SUBSCRIBE reply/alice/d qos 0",
+                "PUBLISH req/alice/d qos 0",
+            ]
+        );
     }
 
     #[tokio::test]

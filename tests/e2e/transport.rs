@@ -266,3 +266,55 @@ async fn mqtt_over_websocket_works_end_to_end() {
         (3, "while alice's v5 device is away")
     );
 }
+
+/// A raw CONNECT with keep-alive `secs` as `alice:{device}`, CONNACK read.
+async fn socket_with_keep_alive(addr: SocketAddr, device: &str, secs: u16) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.expect("tcp connect");
+    let connect = wire::connect_v4(&format!("alice:{device}"), "alice", "pw-alice", true, secs);
+    socket.write_all(&connect).await.expect("write CONNECT");
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut connack))
+        .await
+        .expect("CONNACK in time")
+        .expect("read CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_its_keep_alive_and_a_pinging_one_stays() {
+    let broker = TestBroker::start(USERS).await;
+    let mut silent = socket_with_keep_alive(broker.mqtt_addr(), "silent", 1).await;
+    let mut pinging = socket_with_keep_alive(broker.mqtt_addr(), "pinging", 1).await;
+    let connected = tokio::time::Instant::now();
+
+    // The pinging device sends a PINGREQ every 300 ms for 2.4 s (more than
+    // one and a half keep-alives) and gets every PINGRESP.
+    let pings = tokio::spawn(async move {
+        for _ in 0..8 {
+            pinging.write_all(&wire::PINGREQ).await.expect("PINGREQ");
+            let mut pingresp = [0u8; 2];
+            tokio::time::timeout(WAIT, pinging.read_exact(&mut pingresp))
+                .await
+                .expect("PINGRESP in time")
+                .expect("the pinging device stays connected");
+            assert_eq!(pingresp, [0xD0, 0x00]);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        pinging
+    });
+
+    let received = expect_closed(&mut silent, "a silent device with keep-alive 1 s").await;
+    assert!(received.is_empty(), "nothing but the close: {received:?}");
+    assert!(
+        connected.elapsed() >= Duration::from_secs(1),
+        "closed before its keep-alive ran out"
+    );
+    let mut pinging = pings.await.expect("the pinging device's task");
+    pinging.write_all(&wire::PINGREQ).await.expect("PINGREQ");
+    let mut pingresp = [0u8; 2];
+    tokio::time::timeout(WAIT, pinging.read_exact(&mut pingresp))
+        .await
+        .expect("PINGRESP in time")
+        .expect("still connected");
+}

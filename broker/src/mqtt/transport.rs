@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
@@ -45,13 +45,27 @@ impl Transport {
     /// On TCP, `buf` only grows once the socket is readable, and on TLS once
     /// rustls has decrypted data (read straight from rustls' own buffer): an
     /// idle connection waits with an empty buffer instead of a reserved one.
+    ///
+    /// The future is a [`poll_fn`](std::future::poll_fn) over
+    /// [`poll_read_into`](Self::poll_read_into), two references: a waiting
+    /// read adds nothing to the task of an idle connection (an `async` read
+    /// over the three transports took 224 bytes).
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        std::future::poll_fn(|cx| self.poll_read_into(cx, buf)).await
+    }
+
+    /// [`read_into`](Self::read_into) as a poll.
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
         let read = match self {
-            Transport::Tcp(stream) => read_tcp(stream, buf).await,
-            Transport::Tls(stream) => read_tls(stream, buf).await,
-            Transport::WebSocket(ws) => read_websocket(ws, buf).await,
+            Transport::Tcp(stream) => poll_read_tcp(stream, cx, buf),
+            Transport::Tls(stream) => poll_read_tls(stream, cx, buf),
+            Transport::WebSocket(ws) => poll_read_websocket(ws, cx, buf),
         };
-        if matches!(read, Ok(n) if n > 0) {
+        if matches!(read, Poll::Ready(Ok(n)) if n > 0) {
             acknowledge_promptly(self.tcp());
         }
         read
@@ -130,12 +144,18 @@ fn acknowledge_promptly(stream: &TcpStream) {
     let _ = stream;
 }
 
-async fn read_tcp(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+fn poll_read_tcp(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
     loop {
-        stream.readable().await?;
+        std::task::ready!(stream.poll_read_ready(cx))?;
+        // A `WouldBlock` clears the readiness, so the next poll registers
+        // the waker again.
         match read_available(stream, buf) {
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => continue,
-            read => return read,
+            read => return Poll::Ready(read),
         }
     }
 }
@@ -155,36 +175,45 @@ fn read_available(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
 
 /// Copies what rustls has decrypted; a TCP close without TLS close_notify
 /// counts as the peer closing (MQTT clients rarely send one).
-async fn read_tls(stream: &mut ServerTlsStream, buf: &mut BytesMut) -> io::Result<usize> {
-    let data = match stream.fill_buf().await {
+fn poll_read_tls(
+    stream: &mut ServerTlsStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    let mut stream = Pin::new(stream);
+    let data = match std::task::ready!(stream.as_mut().poll_fill_buf(cx)) {
         Ok(data) => data,
-        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
-        Err(error) => return Err(error),
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Poll::Ready(Ok(0)),
+        Err(error) => return Poll::Ready(Err(error)),
     };
     let n = data.len();
     buf.extend_from_slice(data);
     stream.consume(n);
-    Ok(n)
+    Poll::Ready(Ok(n))
 }
 
-async fn read_websocket(ws: &mut WebSocketStream<Stream>, buf: &mut BytesMut) -> io::Result<usize> {
+fn poll_read_websocket(
+    ws: &mut WebSocketStream<Stream>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
     loop {
-        match ws.next().await {
-            None => return Ok(0),
-            Some(Err(error)) => return Err(io::Error::other(error)),
+        let read = match std::task::ready!(ws.poll_next_unpin(cx)) {
+            None => Ok(0),
+            Some(Err(error)) => Err(io::Error::other(error)),
+            Some(Ok(Message::Binary(data))) if data.is_empty() => continue,
             Some(Ok(Message::Binary(data))) => {
                 buf.extend_from_slice(&data);
-                if !data.is_empty() {
-                    return Ok(data.len());
-                }
+                Ok(data.len())
             }
-            Some(Ok(Message::Close(_))) => return Ok(0),
+            Some(Ok(Message::Close(_))) => Ok(0),
             // pings are answered by tungstenite; text frames are not MQTT
             Some(Ok(Message::Text(_))) => {
-                return Err(io::Error::new(io::ErrorKind::InvalidData, "text frame"))
+                Err(io::Error::new(io::ErrorKind::InvalidData, "text frame"))
             }
             Some(Ok(_)) => continue,
-        }
+        };
+        return Poll::Ready(read);
     }
 }
 
@@ -262,10 +291,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_grows_the_buffer_by_what_arrived_and_a_drained_socket_reserves_nothing() {
-        let (mut client, mut server) = connected_pair().await;
+        let (mut client, server) = connected_pair().await;
         client.write_all(b"0123456789").await.unwrap();
         let mut buf = BytesMut::new();
-        assert_eq!(read_tcp(&mut server, &mut buf).await.unwrap(), 10);
+        let mut server = Transport::Tcp(server);
+        assert_eq!(server.read_into(&mut buf).await.unwrap(), 10);
         assert_eq!(&buf[..], b"0123456789");
         assert!(buf.capacity() < 64, "capacity {}", buf.capacity());
 
@@ -274,5 +304,18 @@ mod tests {
         let drained = read_available(&server, &mut idle);
         assert_eq!(drained.unwrap_err().kind(), io::ErrorKind::WouldBlock);
         assert_eq!(idle.capacity(), 0);
+    }
+
+    /// Every idle connection's task holds a waiting read: a few references
+    /// (40 bytes unoptimised), where an `async` read over the three
+    /// transports took 224.
+    #[tokio::test]
+    async fn a_waiting_read_holds_only_a_few_references() {
+        let (_client, server) = connected_pair().await;
+        let mut transport = Transport::Tcp(server);
+        let mut buf = BytesMut::new();
+        let read = transport.read_into(&mut buf);
+        let size = std::mem::size_of_val(&read);
+        assert!(size <= 64, "{size} bytes");
     }
 }

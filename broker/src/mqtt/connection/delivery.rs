@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::stream::StreamExt;
 use futures_util::FutureExt;
 use parley_proto::topics;
 use parley_storage::StorageError;
@@ -56,8 +55,8 @@ impl Connection {
         }
         while !self.requests.is_empty() {
             match self.requests.next().now_or_never() {
-                Some(Some(done)) => self.finish_request(done),
-                _ => break,
+                Some(done) => self.finish_request(done),
+                None => break,
             }
         }
     }
@@ -174,18 +173,15 @@ impl Connection {
     }
 
     pub(super) fn schedule_cursor_flush(&mut self) {
-        if self.durable.is_some() && !self.cursor_flush_pending {
-            self.cursor_flush_pending = true;
-            self.cursor_timer
-                .as_mut()
-                .reset(Instant::now() + CURSOR_FLUSH);
+        if self.durable.is_some() && self.cursor_flush_due.is_none() {
+            self.cursor_flush_due = Some(Instant::now() + CURSOR_FLUSH);
         }
     }
 
     /// Writes the acked cursor in the background (unsynced: losing it to a
     /// crash only means redelivery).
     pub(super) fn flush_cursor(&mut self) {
-        self.cursor_flush_pending = false;
+        self.cursor_flush_due = None;
         if self
             .cursor_write
             .as_ref()

@@ -6,6 +6,8 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use futures_util::stream::{FuturesOrdered, StreamExt};
+
 use parley_chat_logic::acl::{self, PublishTopic};
 use parley_proto::v1::Reply;
 use rumqttd::protocol::{
@@ -46,6 +48,46 @@ pub(super) struct Done {
 }
 
 pub(super) type RequestFuture = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+/// The requests in progress, answered in request order. The queue exists
+/// only while a request is in progress: an empty `FuturesOrdered` still
+/// holds two allocations (~200 bytes), which every idle connection would
+/// keep.
+#[derive(Default)]
+pub(super) struct InFlight {
+    queue: Option<FuturesOrdered<RequestFuture>>,
+}
+
+impl InFlight {
+    pub(super) fn len(&self) -> usize {
+        self.queue.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(super) fn push_back(&mut self, request: RequestFuture) {
+        self.queue
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(request);
+    }
+
+    /// The oldest request once it is answered; never resolves while none
+    /// is in progress.
+    pub(super) async fn next(&mut self) -> Done {
+        let Some(queue) = self.queue.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some(done) = queue.next().await else {
+            return std::future::pending().await;
+        };
+        if queue.is_empty() {
+            self.queue = None;
+        }
+        done
+    }
+}
 
 impl Connection {
     /// Whether another request may be read (the receive maximum).
@@ -151,7 +193,7 @@ impl Connection {
         // A Logout revokes the token before it is answered, so no
         // new connection can use it once the device sees the reply.
         let revoke = match then {
-            Then::Logout => self.token.take(),
+            Then::Logout => self.token.take().map(|token| *token),
             Then::Continue => None,
         };
         let shared = self.shared.clone();

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_util::stream::FuturesOrdered;
 use parley_chat_logic::ids::ClientId;
 use parley_proto::topics;
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
@@ -16,7 +15,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::delivery::CURSOR_FLUSH;
 use super::Connection;
 use crate::chat::TypingLimit;
 use crate::clock::now_ms;
@@ -201,17 +199,16 @@ impl Connection {
             subscriptions: start.subscriptions,
             durable: start.durable,
             session: Arc::new(session),
-            token,
+            token: token.map(Box::new),
             limits,
             typing: TypingLimit::default(),
             logged_out: false,
-            requests: FuturesOrdered::new(),
+            requests: Default::default(),
             fetch: None,
             retained: None,
             keep_alive: keep_alive_of(packet),
             last_seen: Instant::now(),
-            cursor_timer: Box::pin(tokio::time::sleep(CURSOR_FLUSH)),
-            cursor_flush_pending: false,
+            cursor_flush_due: None,
             cursor_write: None,
             persisted_cursor: start.cursor,
         }
