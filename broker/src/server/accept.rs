@@ -7,6 +7,7 @@
 //! Must not: bind listeners or start services (`listen.rs`, `services.rs`)
 //! or read MQTT packets (the connection does).
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,25 +83,40 @@ fn refuse(peer: SocketAddr, kind: &Listener, refused: Refused) {
 
 /// One admitted connection: handshakes, then the MQTT connection. `open`
 /// is held until the end; `connecting` until CONNECT is authenticated.
-async fn serve_connection(
+///
+/// Not an `async fn`, whose arguments would stay in every idle
+/// connection's task: the handshakes (boxed) take the socket and the
+/// listener, and the task keeps only what the MQTT connection needs.
+fn serve_connection(
     front: Arc<Front>,
     stream: TcpStream,
     peer: SocketAddr,
     kind: Listener,
     admitted: Admitted,
-) {
+) -> impl Future<Output = ()> + Send {
     let Admitted { open, connecting } = admitted;
-    // boxed: the handshake state is not kept in every idle connection's task
-    let handshakes = Box::pin(upgrade(stream, peer, &kind, &front));
-    let transport = tokio::select! {
-        _ = front.shutdown.cancelled() => None,
-        transport = handshakes => transport,
-    };
-    if let Some(transport) = transport {
-        let (shared, shutdown) = (front.shared.clone(), front.shutdown.clone());
-        connection::serve(transport, peer, connecting, shared, shutdown).await;
+    let handshakes = Box::pin(upgrade_unless_shut_down(stream, peer, kind, front.clone()));
+    async move {
+        if let Some(transport) = handshakes.await {
+            let (shared, shutdown) = (front.shared.clone(), front.shutdown.clone());
+            drop(front);
+            connection::serve(transport, peer, connecting, shared, shutdown).await;
+        }
+        drop(open);
     }
-    drop(open);
+}
+
+/// [`upgrade`], abandoned at shutdown.
+async fn upgrade_unless_shut_down(
+    stream: TcpStream,
+    peer: SocketAddr,
+    kind: Listener,
+    front: Arc<Front>,
+) -> Option<Transport> {
+    tokio::select! {
+        _ = front.shutdown.cancelled() => None,
+        transport = upgrade(stream, peer, &kind, &front) => transport,
+    }
 }
 
 /// Turns an accepted socket into a transport: the TLS handshake (within

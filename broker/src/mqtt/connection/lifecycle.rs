@@ -3,6 +3,7 @@
 //! it closed ([`Close`]), what the device is told, the Logout linger, the
 //! session saved or (after a logout) dropped.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,22 +42,26 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
 /// The phases before and after the packet loop run as boxed futures: a
 /// task's memory is its largest state, and it should be the loop's, which
 /// every idle connection holds, not the connect or teardown state. So the
-/// task itself keeps only what it was spawned with and the established
-/// connection's loop ([`Connection::live`]): what CONNECT brought (the
-/// packet, the read-ahead) is gone by then.
+/// task keeps only the established connection's loop
+/// ([`Connection::live`]) and two pointers: what CONNECT brought (the
+/// packet, the read-ahead) is gone by then. Not an `async fn`: its
+/// arguments would stay in the future for the connection's whole life
+/// (~100 bytes); they move into the boxed connect phase at once instead.
 ///
 /// `connecting` counts this connection towards `max_connecting_per_addr`
 /// until its CONNECT is authenticated (or refused).
-pub async fn serve(
+pub fn serve(
     io: Transport,
     peer: SocketAddr,
     connecting: Connecting,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-) {
-    let established = Box::pin(connect_and_establish(io, peer, connecting, shared)).await;
-    if let Some((connection, span)) = established {
-        connection.live(shutdown).instrument(span).await;
+) -> impl Future<Output = ()> + Send {
+    let establishing = Box::pin(connect_and_establish(io, peer, connecting, shared));
+    async move {
+        if let Some((connection, span)) = establishing.await {
+            connection.live(shutdown).instrument(span).await;
+        }
     }
 }
 
