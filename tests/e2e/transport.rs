@@ -29,19 +29,19 @@ async fn expect_closed(socket: &mut TcpStream, what: &str) -> Vec<u8> {
     received
 }
 
-/// A raw TCP connection that has sent a valid CONNECT and read CONNACK accepted.
+/// A raw TCP connection that has sent a valid CONNECT (keep-alive 60 s),
+/// read CONNACK accepted, and had a PINGREQ answered.
 async fn connected_socket(addr: SocketAddr, device: &str) -> TcpStream {
-    let mut socket = TcpStream::connect(addr).await.expect("tcp connect");
+    let mut socket = socket_with_keep_alive(addr, device, 60).await;
+    ping(&mut socket).await;
     socket
-        .write_all(&wire::connect_v4(
-            &format!("alice:{device}"),
-            "alice",
-            "pw-alice",
-            true,
-            60,
-        ))
-        .await
-        .expect("write CONNECT");
+}
+
+/// A raw CONNECT with keep-alive `secs` as `alice:{device}`, CONNACK read.
+async fn socket_with_keep_alive(addr: SocketAddr, device: &str, secs: u16) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.expect("tcp connect");
+    let connect = wire::connect_v4(&format!("alice:{device}"), "alice", "pw-alice", true, secs);
+    socket.write_all(&connect).await.expect("write CONNECT");
     let mut connack = [0u8; 4];
     tokio::time::timeout(WAIT, socket.read_exact(&mut connack))
         .await
@@ -52,7 +52,11 @@ async fn connected_socket(addr: SocketAddr, device: &str) -> TcpStream {
         [0x20, 0x02, 0x00, 0x00],
         "CONNACK accepted, no session"
     );
-    // The connection is alive: PINGREQ -> PINGRESP.
+    socket
+}
+
+/// The connection is alive: PINGREQ -> PINGRESP within `WAIT`.
+async fn ping(socket: &mut TcpStream) {
     socket.write_all(&wire::PINGREQ).await.expect("PINGREQ");
     let mut pingresp = [0u8; 2];
     tokio::time::timeout(WAIT, socket.read_exact(&mut pingresp))
@@ -60,7 +64,6 @@ async fn connected_socket(addr: SocketAddr, device: &str) -> TcpStream {
         .expect("PINGRESP in time")
         .expect("read PINGRESP");
     assert_eq!(pingresp, [0xD0, 0x00]);
-    socket
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,20 +270,6 @@ async fn mqtt_over_websocket_works_end_to_end() {
     );
 }
 
-/// A raw CONNECT with keep-alive `secs` as `alice:{device}`, CONNACK read.
-async fn socket_with_keep_alive(addr: SocketAddr, device: &str, secs: u16) -> TcpStream {
-    let mut socket = TcpStream::connect(addr).await.expect("tcp connect");
-    let connect = wire::connect_v4(&format!("alice:{device}"), "alice", "pw-alice", true, secs);
-    socket.write_all(&connect).await.expect("write CONNECT");
-    let mut connack = [0u8; 4];
-    tokio::time::timeout(WAIT, socket.read_exact(&mut connack))
-        .await
-        .expect("CONNACK in time")
-        .expect("read CONNACK");
-    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
-    socket
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_after_its_keep_alive_and_a_pinging_one_stays() {
     let broker = TestBroker::start(USERS).await;
@@ -292,13 +281,7 @@ async fn a_silent_client_is_closed_after_its_keep_alive_and_a_pinging_one_stays(
     // one and a half keep-alives) and gets every PINGRESP.
     let pings = tokio::spawn(async move {
         for _ in 0..8 {
-            pinging.write_all(&wire::PINGREQ).await.expect("PINGREQ");
-            let mut pingresp = [0u8; 2];
-            tokio::time::timeout(WAIT, pinging.read_exact(&mut pingresp))
-                .await
-                .expect("PINGRESP in time")
-                .expect("the pinging device stays connected");
-            assert_eq!(pingresp, [0xD0, 0x00]);
+            ping(&mut pinging).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         pinging
@@ -311,10 +294,5 @@ async fn a_silent_client_is_closed_after_its_keep_alive_and_a_pinging_one_stays(
         "closed before its keep-alive ran out"
     );
     let mut pinging = pings.await.expect("the pinging device's task");
-    pinging.write_all(&wire::PINGREQ).await.expect("PINGREQ");
-    let mut pingresp = [0u8; 2];
-    tokio::time::timeout(WAIT, pinging.read_exact(&mut pingresp))
-        .await
-        .expect("PINGRESP in time")
-        .expect("still connected");
+    ping(&mut pinging).await;
 }
