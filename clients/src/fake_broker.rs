@@ -120,9 +120,8 @@ async fn serve(mut socket: TcpStream, script: Script) {
                         let filters: Vec<String> =
                             sub.filters.iter().map(|f| f.path.clone()).collect();
                         for (topic, payload, retain) in hook(&user, &filters) {
-                            next_pkid = next_pkid % 60_000 + 1;
-                            let mut out = Publish::new(topic, QoS::AtLeastOnce, payload);
-                            out.pkid = next_pkid;
+                            let mut out =
+                                publish_as_granted(&granted, &mut next_pkid, topic, payload);
                             out.retain = retain;
                             answers.push(Packet::Publish(out));
                         }
@@ -139,12 +138,7 @@ async fn serve(mut socket: TcpStream, script: Script) {
                     }
                     if let Ok(request) = Request::decode(publish.payload.as_ref()) {
                         for (topic, payload) in (script.handler)(&user, request) {
-                            let qos = granted.get(&topic).copied().unwrap_or(QoS::AtLeastOnce);
-                            let mut out = Publish::new(topic, qos, payload);
-                            if qos == QoS::AtLeastOnce {
-                                next_pkid = next_pkid % 60_000 + 1;
-                                out.pkid = next_pkid;
-                            }
+                            let out = publish_as_granted(&granted, &mut next_pkid, topic, payload);
                             answers.push(Packet::Publish(out));
                         }
                     }
@@ -164,6 +158,23 @@ async fn serve(mut socket: TcpStream, script: Script) {
             }
         }
     }
+}
+
+/// A PUBLISH on `topic` at the QoS granted for it (QoS 1 for a topic
+/// nobody subscribed to), with the next packet id at QoS 1.
+fn publish_as_granted(
+    granted: &HashMap<String, QoS>,
+    next_pkid: &mut u16,
+    topic: String,
+    payload: Vec<u8>,
+) -> Publish {
+    let qos = granted.get(&topic).copied().unwrap_or(QoS::AtLeastOnce);
+    let mut out = Publish::new(topic, qos, payload);
+    if qos == QoS::AtLeastOnce {
+        *next_pkid = *next_pkid % 60_000 + 1;
+        out.pkid = *next_pkid;
+    }
+    out
 }
 
 #[cfg(test)]

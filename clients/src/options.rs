@@ -80,7 +80,11 @@ pub struct ClientOptions {
     pub tls_ca: Option<Vec<u8>>,
     /// MQTT keep-alive in seconds (default 20; 0 disables pings).
     pub keep_alive_secs: u16,
-    /// Outgoing QoS 1 publishes in flight at once (default 100, at least 1).
+    /// rumqttc's window of outgoing QoS 1 publishes (default 100, at least 1),
+    /// which also sizes the queue of requests waiting to be written. Requests
+    /// travel at QoS 0 (see [`Client::request`](crate::Client::request)), so
+    /// the broker's receive maximum is what bounds those in progress: past
+    /// it, the broker stops reading until it has answered some.
     pub inflight: u16,
     /// How long [`Client::request`](crate::Client::request) waits for its reply (default 10 s).
     pub request_timeout: Duration,
