@@ -48,14 +48,14 @@ impl Transport {
     ///
     /// The future is a [`poll_fn`](std::future::poll_fn) over
     /// [`poll_read_into`](Self::poll_read_into), two references: a waiting
-    /// read adds nothing to the task of an idle connection (an `async` read
-    /// over the three transports took 224 bytes).
+    /// read adds only those to the task of an idle connection (an `async`
+    /// read over the three transports took 224 bytes).
     pub async fn read_into(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         std::future::poll_fn(|cx| self.poll_read_into(cx, buf)).await
     }
 
     /// [`read_into`](Self::read_into) as a poll.
-    pub fn poll_read_into(
+    fn poll_read_into(
         &mut self,
         cx: &mut Context<'_>,
         buf: &mut BytesMut,

@@ -198,10 +198,7 @@ impl Connection {
     /// device has one) and the cursor flush (if one is scheduled).
     fn timer_due(&self) -> Option<Instant> {
         let keep_alive = self.keep_alive.map(|_| self.keep_alive_due());
-        match (keep_alive, self.cursor_flush_due) {
-            (Some(keep_alive), Some(flush)) => Some(keep_alive.min(flush)),
-            (keep_alive, flush) => keep_alive.or(flush),
-        }
+        keep_alive.into_iter().chain(self.cursor_flush_due).min()
     }
 }
 
