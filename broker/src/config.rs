@@ -48,6 +48,8 @@ pub const CONFIG_FILE_ENV: &str = "PARLEY_CONFIG";
 pub const MIN_PACKET_SIZE: usize = 524_288;
 /// The largest packet MQTT can frame (remaining length 268,435,455 + header).
 pub const MAX_PACKET_SIZE_LIMIT: usize = 268_435_460;
+/// Most nice steps `engine_priority_boost` may ask for (nice spans 40).
+pub const MAX_ENGINE_PRIORITY_BOOST: u32 = 20;
 
 /// The broker's configuration. See `config/parley.toml` for each key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +142,9 @@ pub struct Config {
     pub allow_password_login: bool,
     /// Most requests per group commit.
     pub commit_batch_max: usize,
+    /// Nice steps the chat engine thread asks for above the process's own
+    /// priority (0: none; at most [`MAX_ENGINE_PRIORITY_BOOST`]).
+    pub engine_priority_boost: u32,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     pub log: String,
     /// NATS servers of the cluster, comma-separated (`nats://host:port`);

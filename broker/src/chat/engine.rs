@@ -31,6 +31,7 @@ use super::commit::{Commit, Published};
 use super::outcome::{encode_envelope, JobResult};
 use super::plan::{BatchPlan, KnownUsers, PlannedBatch, Sequences, Services};
 pub use super::plan::{Delivery, Effect};
+use super::priority;
 use crate::clock::now_ms;
 use crate::metrics as m;
 use crate::presence::Presence;
@@ -157,6 +158,8 @@ pub struct EngineConfig {
     pub limits: parley_chat_logic::limits::Limits,
     pub batch_max: usize,
     pub queue: usize,
+    /// Nice steps the engine thread asks for (see [`priority`]).
+    pub priority_boost: u32,
 }
 
 /// Where committed work goes: live delivery, presence, push.
@@ -202,7 +205,10 @@ pub fn spawn(
     let (local, queue) = mpsc::channel(config.queue.max(1));
     let thread = std::thread::Builder::new()
         .name("chat-engine".into())
-        .spawn(move || Engine::new(store, committer, outlets, config).run(queue))?;
+        .spawn(move || {
+            priority::raise_this_thread(config.priority_boost);
+            Engine::new(store, committer, outlets, config).run(queue)
+        })?;
     let handle = EngineHandle {
         local,
         forward: None,

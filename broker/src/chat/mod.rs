@@ -10,6 +10,7 @@ pub mod commit;
 pub mod engine;
 mod outcome;
 mod plan;
+mod priority;
 pub mod reads;
 pub mod typing;
 

@@ -85,6 +85,7 @@ pub(super) const KEYS: &[Key] = &[
     key("push_timeout_secs", U32),
     key("allow_password_login", Kind::Bool),
     key("commit_batch_max", U32),
+    key("engine_priority_boost", U32),
     key("log", Kind::Text),
     optional("cluster_nats_urls", Kind::Text),
     optional("cluster_node_id", Kind::Text),

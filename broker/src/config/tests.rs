@@ -42,6 +42,7 @@ fn defaults_parse() {
     assert_eq!(c.push_timeout(), Duration::from_secs(10));
     assert!(c.allow_password_login);
     assert_eq!(c.commit_batch_max, 512);
+    assert_eq!(c.engine_priority_boost, 10);
     assert_eq!(c.log, "info");
     assert!(!c.tls_enabled());
     assert_eq!(c.wss_addr, None);
@@ -125,6 +126,12 @@ fn file_overrides_defaults() {
     assert_eq!(c.mqtt_addr, "127.0.0.1:1999".parse().unwrap());
     assert_eq!(c.max_group_members, 200);
     assert_eq!(c.ws_addr, Config::defaults().ws_addr);
+}
+
+#[test]
+fn a_priority_boost_of_zero_turns_it_off() {
+    let c = Config::load(None, &env(&[("PARLEY_ENGINE_PRIORITY_BOOST", "0")]), &[]).unwrap();
+    assert_eq!(c.engine_priority_boost, 0);
 }
 
 #[test]
@@ -231,6 +238,11 @@ fn invalid_values_name_the_key() {
             None,
             env(&[("PARLEY_MAX_GROUP_MEMBERS", "501")]),
             "max_group_members",
+        ),
+        (
+            None,
+            env(&[("PARLEY_ENGINE_PRIORITY_BOOST", "21")]),
+            "engine_priority_boost",
         ),
         (
             Some("max_group_members = 0\n"),

@@ -9,7 +9,9 @@
 
 use hyper::Uri;
 
-use super::{Config, ConfigError, MAX_PACKET_SIZE_LIMIT, MIN_PACKET_SIZE};
+use super::{
+    Config, ConfigError, MAX_ENGINE_PRIORITY_BOOST, MAX_PACKET_SIZE_LIMIT, MIN_PACKET_SIZE,
+};
 
 impl Config {
     /// Checks ranges and cross-key rules; the error names the bad key.
@@ -30,6 +32,10 @@ impl Config {
                 "must be between {MIN_PACKET_SIZE} (room for a 100,000-character text) and {MAX_PACKET_SIZE_LIMIT}"
             );
             return Err(invalid("max_packet_size", message));
+        }
+        if self.engine_priority_boost > MAX_ENGINE_PRIORITY_BOOST {
+            let message = format!("must be between 0 (off) and {MAX_ENGINE_PRIORITY_BOOST}");
+            return Err(invalid("engine_priority_boost", message));
         }
         self.validate_listeners()?;
         self.validate_discovery()?;

@@ -86,6 +86,7 @@ fn engine_config(config: &Config) -> EngineConfig {
         limits: config.chat_limits(),
         batch_max: config.commit_batch_max,
         queue: config.commit_batch_max * 4,
+        priority_boost: config.engine_priority_boost,
     }
 }
 

@@ -481,6 +481,7 @@ impl World {
             limits: limits.clone(),
             batch_max: 16,
             queue: 64,
+            priority_boost: 0,
         };
         let router = Router::new();
         let shutdown = tokio_util::sync::CancellationToken::new();
