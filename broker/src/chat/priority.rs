@@ -38,16 +38,19 @@ pub(super) fn raise_this_thread(boost: u32) {
     }
 }
 
-/// The nice value `boost` steps above `before`, never below -20.
+/// The highest priority a nice value can name.
+const MIN_NICE: i32 = -20;
+
+/// The nice value `boost` steps above `before`, never below [`MIN_NICE`].
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn raised(before: i32, boost: u32) -> i32 {
     before
         .saturating_sub(i32::try_from(boost).unwrap_or(i32::MAX))
-        .max(-20)
+        .max(MIN_NICE)
 }
 
 /// The calling thread's nice value before and after asking for `boost`
-/// steps more (nice never goes below -20).
+/// steps more (see [`raised`]).
 #[cfg(target_os = "linux")]
 fn raise(boost: u32) -> std::io::Result<(i32, i32)> {
     use rustix::process::{getpriority_process, setpriority_process};
