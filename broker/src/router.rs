@@ -8,6 +8,12 @@
 //! back from RocksDB.
 //! So a slow device never costs more memory than its queue and window.
 //!
+//! The same per-device record carries the connection's life cycle: the
+//! router marks it evicted (take-over, logout, revoked credentials) and the
+//! connection marks it finished when it has left, which is what a successor
+//! or a logout waits for ([`Finished`]). No cancellation tokens: with tens of
+//! thousands of idle devices, two tokens each were ~220 bytes per device.
+//!
 //! Two kinds of live traffic are not inbox entries and never set that flag:
 //! live-only events (typing, `inbox_seq` 0: a full queue just drops them)
 //! and presence updates ([`Router::deliver_presence`]), which are kept per
@@ -16,9 +22,8 @@
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokio::sync::Notify;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 /// Capacity of each device's live queue.
 pub const DEVICE_QUEUE: usize = 256;
@@ -44,11 +49,15 @@ pub struct PresenceUpdate {
 /// One device's live queue: at most [`DEVICE_QUEUE`] envelopes, taken all
 /// at once by the connection. Lighter than a channel (no memory until an
 /// envelope arrives, and emptied queues give theirs back), which matters
-/// with tens of thousands of mostly idle devices.
+/// with tens of thousands of mostly idle devices. It also records whether
+/// the connection was told to go and whether it has finished.
 #[derive(Default)]
 pub struct LiveQueue {
     queue: Mutex<LiveState>,
+    /// Something was offered (one waiter: the connection).
     ready: Notify,
+    /// The connection was evicted or has finished (every waiter).
+    changed: Notify,
 }
 
 #[derive(Default)]
@@ -60,6 +69,8 @@ struct LiveState {
     presence: HashMap<String, Bytes>,
     /// Why the router told this connection to go, once it has.
     evicted: Option<Eviction>,
+    /// The connection has left the router (its session saved or dropped).
+    finished: bool,
 }
 
 /// Why the router tells a connection to end.
@@ -88,7 +99,7 @@ impl LiveQueue {
     /// (remembered for inbox envelopes, forgotten for live-only events).
     pub fn offer(&self, envelope: LiveEnvelope) -> bool {
         let queued = {
-            let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state();
             if state.envelopes.len() < DEVICE_QUEUE {
                 state.envelopes.push_back(envelope);
                 true
@@ -104,7 +115,7 @@ impl LiveQueue {
     /// Queues a presence update, replacing an older one of the same subject.
     pub fn offer_presence(&self, update: PresenceUpdate) {
         {
-            let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = self.state();
             state.presence.insert(update.subject, update.payload);
         }
         self.ready.notify_one();
@@ -112,7 +123,7 @@ impl LiveQueue {
 
     /// Takes everything queued (possibly nothing) without waiting.
     pub fn take(&self) -> LiveBatch {
-        let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state();
         let presence = std::mem::take(&mut state.presence)
             .into_iter()
             .map(|(subject, payload)| PresenceUpdate { subject, payload })
@@ -131,14 +142,62 @@ impl LiveQueue {
         self.take()
     }
 
-    /// Why the connection was told to go (once [`DeviceLink::stop`] fired).
+    /// Why the connection was told to go, if it was.
     pub fn eviction(&self) -> Option<Eviction> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner()).evicted
+        self.state().evicted
+    }
+
+    /// Waits until the router tells the connection to go; returns why.
+    /// Cancel-safe.
+    pub async fn evicted(&self) -> Eviction {
+        self.wait_for(|state| state.evicted).await
     }
 
     fn evict(&self, why: Eviction) {
-        let mut state = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        state.evicted.get_or_insert(why);
+        self.state().evicted.get_or_insert(why);
+        self.changed.notify_waiters();
+    }
+
+    fn finish(&self) {
+        self.state().finished = true;
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until `check` finds what it looks for, re-checking after each
+    /// change. The wait is registered before the check, so a change made
+    /// between the two is not missed.
+    async fn wait_for<T>(&self, check: impl Fn(&LiveState) -> Option<T>) -> T {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let found = check(&self.state());
+            if let Some(found) = found {
+                return found;
+            }
+            changed.await;
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, LiveState> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// What an evicted or replaced connection leaves behind: a handle that
+/// tells when it has finished (its session saved or dropped).
+#[derive(Clone)]
+pub struct Finished(Arc<LiveQueue>);
+
+impl Finished {
+    /// Waits until the connection has finished. Cancel-safe.
+    pub async fn wait(&self) {
+        self.0.wait_for(|state| state.finished.then_some(())).await
+    }
+
+    /// Whether the connection has finished.
+    pub fn is_done(&self) -> bool {
+        self.0.state().finished
     }
 }
 
@@ -154,23 +213,20 @@ pub struct DeviceLink {
     device: String,
     /// Unique per connection, so a stale connection cannot unregister its successor.
     pub conn_id: u64,
-    /// The device's live queue (see [`LiveQueue`]).
+    /// The device's live queue (see [`LiveQueue`]); [`LiveQueue::evicted`]
+    /// tells when and why the router told this connection to go.
     pub live: Arc<LiveQueue>,
-    /// Cancelled when the router tells this connection to go; the reason is
-    /// [`LiveQueue::eviction`].
-    pub stop: CancellationToken,
-    /// The connection this one replaced, if it was still registered: cancelled
-    /// once it has finished (its session saved). Wait for it before opening
-    /// the session, so the two never write the session record concurrently.
-    pub predecessor: Option<CancellationToken>,
-    /// Tells a successor this connection has finished, when dropped.
-    _finished: DropGuard,
+    /// The connection this one replaced, if it was still registered. Wait
+    /// for it to finish (its session saved) before opening the session, so
+    /// the two never write the session record concurrently.
+    pub predecessor: Option<Finished>,
 }
 
 impl Drop for DeviceLink {
     fn drop(&mut self) {
         self.router
             .unregister(&self.user, &self.device, self.conn_id);
+        self.live.finish();
     }
 }
 
@@ -183,22 +239,58 @@ pub struct TooManyDevices {
 struct Device {
     conn_id: u64,
     live: Arc<LiveQueue>,
-    stop: CancellationToken,
-    finished: CancellationToken,
 }
 
 impl Device {
-    /// Tells the connection to go; returns what is cancelled once it has.
-    fn evict(&self, why: Eviction) -> CancellationToken {
+    /// Tells the connection to go; returns what tells when it has.
+    fn evict(&self, why: Eviction) -> Finished {
         self.live.evict(why);
-        self.stop.cancel();
-        self.finished.clone()
+        Finished(self.live.clone())
     }
 }
 
+/// One user's connected devices, by device id: a short list, not a hash
+/// table. Nearly every user has one or two devices (at most
+/// `max_devices_per_user`), and a table for one entry took ~170 bytes per
+/// idle device; the list takes one entry's worth.
 #[derive(Default)]
 struct UserDevices {
-    devices: HashMap<String, Device>,
+    devices: Vec<(String, Device)>,
+}
+
+impl UserDevices {
+    fn get(&self, device: &str) -> Option<&Device> {
+        self.iter().find(|(id, _)| *id == device).map(|(_, d)| d)
+    }
+
+    /// Adds `device`, or replaces its connection; returns the one replaced.
+    fn insert(&mut self, device: &str, connection: Device) -> Option<Device> {
+        if let Some((_, slot)) = self.devices.iter_mut().find(|(id, _)| id == device) {
+            return Some(std::mem::replace(slot, connection));
+        }
+        // exactly one more: a pushed Vec would reserve room for four
+        self.devices.reserve_exact(1);
+        self.devices.push((device.to_owned(), connection));
+        None
+    }
+
+    /// Removes `device` if `conn_id` is still its connection.
+    fn remove(&mut self, device: &str, conn_id: u64) {
+        self.devices
+            .retain(|(id, d)| !(id == device && d.conn_id == conn_id));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&str, &Device)> {
+        self.devices.iter().map(|(id, d)| (id.as_str(), d))
+    }
+
+    fn len(&self) -> usize {
+        self.devices.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.devices.is_empty()
+    }
 }
 
 /// Where live-only events for devices on other nodes go (the cluster's
@@ -238,23 +330,19 @@ impl Router {
     ) -> Result<DeviceLink, TooManyDevices> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed) + 1;
         let live = Arc::new(LiveQueue::default());
-        let stop = CancellationToken::new();
-        let finished = CancellationToken::new();
         let entry = Device {
             conn_id,
             live: live.clone(),
-            stop: stop.clone(),
-            finished: finished.clone(),
         };
         let mut users = self.users.write().unwrap_or_else(|e| e.into_inner());
-        let devices = &mut users.entry(user.to_owned()).or_default().devices;
-        if !devices.contains_key(device) && devices.len() >= max_devices {
+        let devices = users.entry(user.to_owned()).or_default();
+        if devices.get(device).is_none() && devices.len() >= max_devices {
             if devices.is_empty() {
                 users.remove(user);
             }
             return Err(TooManyDevices { max: max_devices });
         }
-        let previous = devices.insert(device.to_owned(), entry);
+        let previous = devices.insert(device, entry);
         drop(users);
         if let Some(bus) = self.bus.get() {
             bus.evict(user, Devices::Only(device), Eviction::TakenOver);
@@ -266,16 +354,14 @@ impl Router {
             device: device.to_owned(),
             conn_id,
             live,
-            stop,
             predecessor,
-            _finished: finished.drop_guard(),
         })
     }
 
     /// Tells connected devices of `user` to go: `device` only, or every
-    /// device but `except`. Returns, per evicted connection, what is
-    /// cancelled once it has finished (its session saved or dropped).
-    pub fn evict(&self, user: &str, which: Devices<'_>, why: Eviction) -> Vec<CancellationToken> {
+    /// device but `except`. Returns, per evicted connection, what tells
+    /// when it has finished (its session saved or dropped).
+    pub fn evict(&self, user: &str, which: Devices<'_>, why: Eviction) -> Vec<Finished> {
         if let Some(bus) = self.bus.get() {
             bus.evict(user, which, why);
         }
@@ -283,18 +369,12 @@ impl Router {
     }
 
     /// [`Router::evict`] on this node only (what the other nodes ask for).
-    pub fn evict_here(
-        &self,
-        user: &str,
-        which: Devices<'_>,
-        why: Eviction,
-    ) -> Vec<CancellationToken> {
+    pub fn evict_here(&self, user: &str, which: Devices<'_>, why: Eviction) -> Vec<Finished> {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
         let Some(entry) = users.get(user) else {
             return Vec::new();
         };
         entry
-            .devices
             .iter()
             .filter(|(device, _)| which.includes(device))
             .map(|(_, connection)| connection.evict(why))
@@ -307,14 +387,8 @@ impl Router {
         let Some(entry) = users.get_mut(user) else {
             return;
         };
-        if entry
-            .devices
-            .get(device)
-            .is_some_and(|d| d.conn_id == conn_id)
-        {
-            entry.devices.remove(device);
-        }
-        if entry.devices.is_empty() {
+        entry.remove(device, conn_id);
+        if entry.is_empty() {
             users.remove(user);
         }
     }
@@ -333,9 +407,8 @@ impl Router {
             return 0;
         };
         entry
-            .devices
-            .values()
-            .filter(|device| device.live.offer(envelope.clone()))
+            .iter()
+            .filter(|(_, device)| device.live.offer(envelope.clone()))
             .count()
     }
 
@@ -343,7 +416,7 @@ impl Router {
     /// heartbeat, not for every packet).
     pub fn connected_devices(&self) -> usize {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        users.values().map(|entry| entry.devices.len()).sum()
+        users.values().map(|entry| entry.len()).sum()
     }
 
     /// Cluster mode: live-only events also go to the other nodes through `bus`.
@@ -381,7 +454,7 @@ impl Router {
         let Some(entry) = users.get(observer) else {
             return;
         };
-        for device in entry.devices.values() {
+        for (_, device) in entry.iter() {
             device.live.offer_presence(update.clone());
         }
     }
@@ -399,7 +472,7 @@ impl Router {
     #[cfg(test)]
     fn device_count(&self, user: &str) -> usize {
         let users = self.users.read().unwrap_or_else(|e| e.into_inner());
-        users.get(user).map_or(0, |entry| entry.devices.len())
+        users.get(user).map_or(0, |entry| entry.len())
     }
 
     fn head(&self, user: &str) -> Arc<AtomicU64> {

@@ -119,7 +119,7 @@ pub async fn logout(
     }
     state.shared.chat.push.unregister(&user, &device).await?;
     for connection in finished {
-        let _ = tokio::time::timeout(LOGOUT_WAIT, connection.cancelled()).await;
+        let _ = tokio::time::timeout(LOGOUT_WAIT, connection.wait()).await;
     }
     tracing::info!(%user, %device, "logged out over http");
     Ok(Json(json!({ "status": "logged_out" })))

@@ -37,16 +37,13 @@ fn a_second_connection_takes_over_the_first() {
     let router = Router::new();
     let first = register(&router, "alice", "phone");
     let second = register(&router, "alice", "phone");
-    assert!(first.stop.is_cancelled());
+    assert!(first.live.eviction().is_some());
     assert_eq!(first.live.eviction(), Some(Eviction::TakenOver));
-    assert!(!second.stop.is_cancelled());
+    assert!(second.live.eviction().is_none());
     let predecessor = second.predecessor.clone().expect("first was registered");
-    assert!(!predecessor.is_cancelled());
+    assert!(!predecessor.is_done());
     drop(first);
-    assert!(
-        predecessor.is_cancelled(),
-        "dropping a link tells its successor"
-    );
+    assert!(predecessor.is_done(), "dropping a link tells its successor");
     assert_eq!(
         router.device_count("alice"),
         1,
@@ -68,7 +65,7 @@ fn devices_per_user_are_limited_but_a_reconnect_is_not_counted_twice() {
     let _again = router
         .register("alice", "phone", 2)
         .expect("the same device replaces itself");
-    assert!(phone.stop.is_cancelled());
+    assert!(phone.live.eviction().is_some());
     assert!(
         router.register("bob", "tablet", 2).is_ok(),
         "other users are not affected"
@@ -93,16 +90,13 @@ fn eviction_reaches_the_chosen_devices_with_its_reason() {
         Eviction::CredentialsRevoked,
     );
     assert_eq!(finished.len(), 1);
-    assert!(!phone.stop.is_cancelled() && laptop.stop.is_cancelled());
+    assert!(phone.live.eviction().is_none() && laptop.live.eviction().is_some());
     assert_eq!(laptop.live.eviction(), Some(Eviction::CredentialsRevoked));
     drop(laptop);
-    assert!(
-        finished[0].is_cancelled(),
-        "finished once the link is dropped"
-    );
+    assert!(finished[0].is_done(), "finished once the link is dropped");
     router.evict("alice", Devices::Only("phone"), Eviction::LoggedOut);
     assert_eq!(phone.live.eviction(), Some(Eviction::LoggedOut));
-    assert!(!bob.stop.is_cancelled());
+    assert!(bob.live.eviction().is_none());
     assert!(router
         .evict("nobody", Devices::Only("x"), Eviction::LoggedOut)
         .is_empty());
@@ -189,7 +183,7 @@ fn a_stale_link_does_not_unregister_its_successor() {
     let old = register(&router, "alice", "phone");
     let new = register(&router, "alice", "phone");
     assert!(
-        old.stop.is_cancelled(),
+        old.live.eviction().is_some(),
         "the older connection is told to go"
     );
     drop(old);
@@ -202,4 +196,29 @@ fn a_stale_link_does_not_unregister_its_successor() {
     assert_eq!(new.live.take().envelopes.len(), 1);
     drop(new);
     assert_eq!(router.device_count("alice"), 0);
+}
+
+#[tokio::test]
+async fn waits_end_when_the_connection_is_evicted_and_when_it_has_finished() {
+    let router = Router::new();
+    let first = register(&router, "alice", "phone");
+    let live = first.live.clone();
+    let evicted = tokio::spawn(async move { live.evicted().await });
+    tokio::task::yield_now().await;
+    let second = register(&router, "alice", "phone");
+    assert_eq!(evicted.await.unwrap(), Eviction::TakenOver);
+    assert_eq!(
+        first.live.evicted().await,
+        Eviction::TakenOver,
+        "an eviction that happened already is seen at once"
+    );
+    let predecessor = second.predecessor.clone().expect("first was registered");
+    let waiting = tokio::spawn(async move { predecessor.wait().await });
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished());
+    drop(first);
+    waiting
+        .await
+        .expect("the successor learns that its predecessor finished");
+    second.predecessor.as_ref().unwrap().wait().await;
 }

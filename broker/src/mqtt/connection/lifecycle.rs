@@ -99,6 +99,17 @@ pub(super) enum Close {
     Store(String),
 }
 
+impl Close {
+    /// How a connection the router told to go ends.
+    pub(super) fn evicted(why: Eviction) -> Close {
+        match why {
+            Eviction::LoggedOut => Close::LoggedOut,
+            Eviction::CredentialsRevoked => Close::Revoked,
+            Eviction::TakenOver => Close::TakenOver,
+        }
+    }
+}
+
 impl std::fmt::Display for Close {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -216,15 +227,6 @@ impl Connection {
             cursor_flush_due: None,
             cursor_write: None,
             persisted_cursor: start.cursor,
-        }
-    }
-
-    /// Why the router told this connection to go.
-    pub(super) fn evicted(&self) -> Close {
-        match self.link.live.eviction() {
-            Some(Eviction::LoggedOut) => Close::LoggedOut,
-            Some(Eviction::CredentialsRevoked) => Close::Revoked,
-            Some(Eviction::TakenOver) | None => Close::TakenOver,
         }
     }
 
@@ -407,7 +409,7 @@ async fn open_session(
 ) -> Result<(SessionStart, SessionLease), String> {
     if let Some(predecessor) = link.predecessor.take() {
         // the connection we replace saves its session first
-        let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.cancelled()).await;
+        let _ = tokio::time::timeout(TAKEOVER_WAIT, predecessor.wait()).await;
     }
     let request = connect::session_request(packet);
     let sessions = shared.sessions.clone();

@@ -105,8 +105,8 @@ impl Connection {
     /// cursor flush, and reads through a stateless poll.
     async fn run(&mut self, shutdown: &CancellationToken) -> Close {
         let shutdown = shutdown.cancelled();
-        let stop_token = self.link.stop.clone();
-        let stop = stop_token.cancelled();
+        let live = self.link.live.clone();
+        let stop = live.evicted();
         let timer = tokio::time::sleep_until(self.last_seen);
         tokio::pin!(shutdown, stop, timer);
         // The deadline the timer is set to; `None` once it has fired.
@@ -127,7 +127,7 @@ impl Connection {
             let reading = self.may_read();
             tokio::select! {
                 _ = &mut shutdown => return Close::Shutdown,
-                _ = &mut stop => return self.evicted(),
+                why = &mut stop => return Close::evicted(why),
                 read = self.io.read_into(&mut self.rbuf), if reading => match read {
                     Ok(0) => return Close::PeerClosed,
                     Ok(_) => {}
