@@ -141,17 +141,15 @@ fn reopen_keeps_everything() {
     assert_eq!(store.session("alice", "phone").unwrap(), Some(session(7)));
 }
 
-/// Inode numbers of the data dir's WAL files.
-fn wal_inodes(dir: &std::path::Path) -> Vec<u64> {
+/// The data dir's WAL files: `(file name, inode number)`.
+fn wal_files(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64)> {
     use std::os::unix::fs::MetadataExt;
-    let mut inodes: Vec<u64> = std::fs::read_dir(dir)
+    std::fs::read_dir(dir)
         .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "log"))
-        .map(|path| std::fs::metadata(path).unwrap().ino())
-        .collect();
-    inodes.sort_unstable();
-    inodes
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+        .map(|entry| (entry.file_name(), entry.metadata().unwrap().ino()))
+        .collect()
 }
 
 /// Flushes every family's memtable, so the WAL before it is obsolete.
@@ -161,34 +159,47 @@ fn flush_all(store: &Store) {
     }
 }
 
+/// True if a WAL file of `now` is one of `before`'s under another name.
+fn reuses_a_file(before: &[(std::ffi::OsString, u64)], now: &[(std::ffi::OsString, u64)]) -> bool {
+    now.iter().any(|(name, ino)| {
+        before
+            .iter()
+            .any(|(old, old_ino)| old_ino == ino && old != name)
+    })
+}
+
 #[test]
 fn a_recycled_wal_file_is_overwritten_and_replays_what_was_synced_into_it() {
     let dir = tempfile::tempdir().unwrap();
-    let first_wal;
+    let mut last = 1;
     {
         let store = Store::open(dir.path()).unwrap();
-        put_messages(&store, &[chat("g:team", 1, "alice")]);
-        first_wal = wal_inodes(dir.path());
+        put_messages(&store, &[chat("g:team", last, "alice")]);
+        let first_wal = wal_files(dir.path());
         flush_all(&store); // the first WAL becomes obsolete: kept for reuse
-        put_messages(&store, &[chat("g:team", 2, "alice")]);
-        flush_all(&store); // the next WAL is the first one's file, overwritten
-        assert!(
-            wal_inodes(dir.path())
-                .iter()
-                .any(|ino| first_wal.contains(ino)),
-            "a new WAL reuses an obsolete file"
-        );
-        put_messages(&store, &[chat("g:team", 3, "alice")]);
-        // dropped without a flush: message 3 is only in the reused WAL
+                           // Every round switches to a new WAL. RocksDB lists an obsolete WAL
+                           // for reuse just after its flush returns, so the first one's file
+                           // is taken by the next switch or the one after.
+        let reused = (0..10).any(|_| {
+            last += 1;
+            put_messages(&store, &[chat("g:team", last, "alice")]);
+            flush_all(&store);
+            reuses_a_file(&first_wal, &wal_files(dir.path()))
+        });
+        assert!(reused, "a new WAL (another name) is an obsolete WAL's file");
+        last += 1;
+        put_messages(&store, &[chat("g:team", last, "alice")]);
+        // dropped without a flush: the last message is only in the current
+        // WAL, the reused file
     }
     let store = Store::open(dir.path()).unwrap();
-    for seq in 1..=3 {
+    for seq in 1..=last {
         assert_eq!(
             store.message("g:team", seq).unwrap(),
             Some(chat("g:team", seq, "alice"))
         );
     }
-    assert_eq!(store.message("g:team", 4).unwrap(), None);
+    assert_eq!(store.message("g:team", last + 1).unwrap(), None);
 }
 
 #[test]
