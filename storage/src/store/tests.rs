@@ -141,8 +141,11 @@ fn reopen_keeps_everything() {
     assert_eq!(store.session("alice", "phone").unwrap(), Some(session(7)));
 }
 
-/// The data dir's WAL files: `(file name, inode number)`.
-fn wal_files(dir: &std::path::Path) -> Vec<(std::ffi::OsString, u64)> {
+/// A WAL file: its name and inode number.
+type WalFile = (std::ffi::OsString, u64);
+
+/// The data dir's WAL files.
+fn wal_files(dir: &std::path::Path) -> Vec<WalFile> {
     use std::os::unix::fs::MetadataExt;
     std::fs::read_dir(dir)
         .unwrap()
@@ -160,7 +163,7 @@ fn flush_all(store: &Store) {
 }
 
 /// True if a WAL file of `now` is one of `before`'s under another name.
-fn reuses_a_file(before: &[(std::ffi::OsString, u64)], now: &[(std::ffi::OsString, u64)]) -> bool {
+fn reuses_a_file(before: &[WalFile], now: &[WalFile]) -> bool {
     now.iter().any(|(name, ino)| {
         before
             .iter()
@@ -176,10 +179,11 @@ fn a_recycled_wal_file_is_overwritten_and_replays_what_was_synced_into_it() {
         let store = Store::open(dir.path()).unwrap();
         put_messages(&store, &[chat("g:team", last, "alice")]);
         let first_wal = wal_files(dir.path());
-        flush_all(&store); // the first WAL becomes obsolete: kept for reuse
-                           // Every round switches to a new WAL. RocksDB lists an obsolete WAL
-                           // for reuse just after its flush returns, so the first one's file
-                           // is taken by the next switch or the one after.
+        // The first WAL becomes obsolete and is kept for reuse. Every round
+        // then switches to a new WAL; RocksDB lists an obsolete WAL for
+        // reuse just after its flush returns, so the first one's file is
+        // taken by the next switch or the one after.
+        flush_all(&store);
         let reused = (0..10).any(|_| {
             last += 1;
             put_messages(&store, &[chat("g:team", last, "alice")]);
