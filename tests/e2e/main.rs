@@ -20,6 +20,7 @@ mod groups;
 mod http_api;
 mod independent_client;
 mod limits;
+mod memory;
 mod nats_harness;
 mod presence;
 mod push;

@@ -150,6 +150,11 @@ impl BrokerProcess {
         BrokerProcess { child, mqtt }
     }
 
+    /// The process id (for reading its `/proc` files).
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the broker is running")
+    }
+
     /// SIGKILL (no draining, no flushing) and reap the process.
     pub async fn kill(mut self) {
         self.child.kill().await.expect("SIGKILL the broker");
