@@ -38,19 +38,20 @@ async fn the_broker_keeps_no_memory_in_transparent_huge_pages() {
     broker.kill().await;
 
     assert_eq!(
-        kilobytes(&status, "THP_enabled:"),
+        proc_number(&status, "THP_enabled:"),
         Some(0),
         "the broker did not turn transparent huge pages off for its process:\n{status}"
     );
     assert_eq!(
-        kilobytes(&smaps, "AnonHugePages:"),
+        proc_number(&smaps, "AnonHugePages:"),
         Some(0),
         "the broker holds memory in transparent huge pages:\n{smaps}"
     );
 }
 
-/// The number after `field` on its line of a `/proc` file (`kB` dropped).
-fn kilobytes(text: &str, field: &str) -> Option<u64> {
+/// The number after `field` on its line of a `/proc` file (a unit such as
+/// `kB` dropped).
+fn proc_number(text: &str, field: &str) -> Option<u64> {
     text.lines()
         .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next())
